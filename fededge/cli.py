@@ -1,0 +1,249 @@
+"""The ``fededge`` command line.
+
+Subcommands: ``run`` (a scenario on Flower's simulation engine), ``train`` (one
+device, no Flower), and those of later modules (``compare``, ``report``, ...).
+User mistakes (a :class:`~fededge.errors.FedEdgeError`) print a short message
+and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fededge import __version__
+from fededge.errors import FedEdgeError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a scenario on Flower's simulation engine (Ray)",
+        description="Run a scenario file on Flower's simulation engine and write its fleet report.",
+    )
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set run.rounds=5 (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: run.output_dir or runs/NAME)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last completed round in the output folder",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join an existing Ray cluster (else RAY_ADDRESS / scenario)",
+    )
+    p.add_argument("--client-cpus", type=float, default=None, help="CPUs per simulated client")
+    p.add_argument("--max-concurrent", type=int, default=None, help="clients running at once")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-round progress lines")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``fededge run``: simulate a scenario and print its summary."""
+    from fededge.scenario import load_scenario
+
+    overrides = list(args.overrides)
+    if args.client_cpus is not None:
+        overrides.append(f"simulation.client_cpus={float(args.client_cpus)}")
+    if args.max_concurrent is not None:
+        overrides.append(f"simulation.max_concurrent={int(args.max_concurrent)}")
+    scenario = load_scenario(args.scenario, overrides)
+    out_dir = args.out or scenario.output_dir()
+    _check_output_dir(out_dir, scenario.digest, resume=args.resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scenario.toml").write_text(scenario.text)
+    print(
+        f"fededge {__version__}: {scenario.run.name}: {scenario.num_devices} devices in "
+        f"{len(scenario.tiers)} tiers, {scenario.run.rounds} rounds -> {out_dir}"
+    )
+    started = time.perf_counter()
+
+    def progress(outcome: Any) -> None:
+        if args.quiet:
+            return
+        row = outcome.row
+        acc = row["accuracy"]
+        acc_text = f"{100 * acc:6.2f}%" if acc == acc else "   -   "
+        print(
+            f"round {outcome.server_round:>3}/{scenario.run.rounds}  acc {acc_text}  "
+            f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['selected']}"
+            f"  dropped {row['dropped']}  failed {row['failed'] + row['rejected']}  "
+            f"sim {row['cum_sim_s']:8.1f}s  wall {time.perf_counter() - started:6.1f}s",
+            flush=True,
+        )
+
+    from server.simulation import simulate
+
+    try:
+        report = simulate(
+            scenario, out_dir, resume=args.resume, on_round=progress, ray_address=args.ray_address
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every finished round is in {out_dir}; "
+            f"continue with: fededge run {args.scenario} --out {out_dir} --resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print()
+    print(report.summary_text())
+    print(f"\nresults: {out_dir}")
+    return 0
+
+
+def _check_output_dir(out_dir: Path, digest: str, *, resume: bool) -> None:
+    import json
+
+    from fededge.errors import ConfigError, ConfigIssue
+
+    state = out_dir / "checkpoint" / "state.json"
+    if resume:
+        if not state.exists():
+            raise ConfigError(
+                [ConfigIssue("--resume", f"no checkpoint in {out_dir} to resume from")]
+            )
+        found = json.loads(state.read_text()).get("digest")
+        if found != digest:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "--resume",
+                        f"{out_dir} holds a run of a different scenario (digest {found}, "
+                        f"this one {digest}); resume with the same scenario and --set overrides",
+                    )
+                ]
+            )
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one device on a stream, no Flower (quick look at the savers)",
+        description="Stream a dataset through the local training loop and print the ledger.",
+    )
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--filter", default=None, help="filter net (default: by dataset)")
+    p.add_argument("--savers", default="none", choices=["none", "eif", "emp", "eif+emp"])
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.5)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--keep-ratio", type=float, default=0.5, help="EMP keep ratio alpha")
+    p.add_argument("--target-ratio", type=float, default=0.2, help="EIF R_set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``fededge train``: one device, one stream, printed ledger and test accuracy."""
+    from fededge.single import train_single
+
+    result = train_single(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        model=args.model,
+        filter_model=args.filter,
+        savers=args.savers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        keep_ratio=args.keep_ratio,
+        target_ratio=args.target_ratio,
+        seed=args.seed,
+        threads=args.threads,
+        progress=lambda text: print(text, flush=True),
+    )
+    print(result.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fededge`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fededge",
+        description="Federated learning on fleets of constrained edge devices, with "
+        "self-supervised instance filtering and error map pruning.",
+    )
+    parser.add_argument("--version", action="version", version=f"fededge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Flower/Ray logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_train]
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our warnings on stderr; Flower's and Ray's chatter only with ``--verbose``."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = verbose
+    if not verbose:
+        flwr_logger.addFilter(lambda record: record.levelno >= logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fededge`` console command."""
+    for key, value in (
+        ("FLWR_TELEMETRY_ENABLED", "0"),
+        ("RAY_USAGE_STATS_ENABLED", "0"),
+        ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+    ):
+        os.environ.setdefault(key, value)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except FedEdgeError as exc:
+        print(f"fededge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nfededge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The ledger: an exact account of what a device did and spent in a round.
+
+One unit throughout: MACs (multiply-accumulates, see :mod:`fededge.flops`).
+Ledgers add up (device -> tier -> fleet) with ``+``.
+
+Saving is defined as in the paper (PAPER.md §4)::
+
+    computation_saved = 1 - spent_macs / baseline_macs
+
+where ``spent_macs`` includes every overhead of the savers (filter inference,
+filter training, uncertainty-sampled forwards, channel selection) and
+``baseline_macs`` is what plain SGD would have spent training on the same
+streamed instances (dense forward + backward of the main net).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+#: Keys of :meth:`Ledger.to_metrics` that hold MACs.
+MAC_FIELDS = (
+    "filter_forward_macs",
+    "filter_train_macs",
+    "sampled_forward_macs",
+    "main_forward_macs",
+    "main_grad_input_macs",
+    "main_grad_weight_macs",
+    "selection_macs",
+)
+
+
+@dataclass
+class Ledger:
+    """Instances and MACs of one local training run (a device's round, a benchmark arm).
+
+    Attributes
+    ----------
+    arrived : instances delivered to the device by its stream.
+    streamed : instances the training loop looked at (filter or main net).
+    filtered_out : instances the early instance filter dropped (no backward).
+    uncertainty_sampled : dropped instances still run forward through the main
+        net to label them for the filter (PAPER.md §1, Eq. 4-5).
+    trained : instances that went through the main net's forward and backward.
+    unprocessed : arrivals left untouched because the budget ran out.
+    steps : optimizer steps of the main net.
+    filter_steps : optimizer steps of the filter net.
+    *_macs : MACs by kind; ``baseline_macs`` = plain SGD on ``streamed``.
+    budget_macs : the budget this run had (``inf`` when unlimited).
+    budget_exhausted : 1 when the run stopped because the budget was spent.
+    loss_sum : sum of the main net's per-instance training losses.
+    wall_s : measured wall-clock seconds of the whole run.
+    """
+
+    arrived: int = 0
+    streamed: int = 0
+    filtered_out: int = 0
+    uncertainty_sampled: int = 0
+    trained: int = 0
+    unprocessed: int = 0
+    steps: int = 0
+    filter_steps: int = 0
+    filter_forward_macs: int = 0
+    filter_train_macs: int = 0
+    sampled_forward_macs: int = 0
+    main_forward_macs: int = 0
+    main_grad_input_macs: int = 0
+    main_grad_weight_macs: int = 0
+    selection_macs: int = 0
+    baseline_macs: int = 0
+    budget_macs: float = math.inf
+    budget_exhausted: int = 0
+    loss_sum: float = 0.0
+    wall_s: float = 0.0
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def main_backward_macs(self) -> int:
+        """Main net backward MACs (grad-input + grad-weight)."""
+        return self.main_grad_input_macs + self.main_grad_weight_macs
+
+    @property
+    def spent_macs(self) -> int:
+        """All MACs spent, savers' overheads included."""
+        return sum(int(getattr(self, name)) for name in MAC_FIELDS)
+
+    @property
+    def saved_macs(self) -> int:
+        """``baseline_macs - spent_macs``."""
+        return self.baseline_macs - self.spent_macs
+
+    @property
+    def computation_saved(self) -> float:
+        """``1 - spent / baseline`` (0.0 when nothing was streamed)."""
+        if self.baseline_macs <= 0:
+            return 0.0
+        return 1.0 - self.spent_macs / self.baseline_macs
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean training loss of the main net over trained instances (nan if none)."""
+        return self.loss_sum / self.trained if self.trained else math.nan
+
+    # ------------------------------------------------------------- arithmetic
+    def __add__(self, other: Ledger) -> Ledger:
+        out = Ledger()
+        for f in fields(self):
+            setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return out
+
+    def __iadd__(self, other: Ledger) -> Ledger:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    # ------------------------------------------------------------ conversion
+    def to_metrics(self) -> dict[str, float]:
+        """Flat ``{name: number}`` with the derived totals, e.g. for a Flower MetricRecord."""
+        out: dict[str, float] = {k: float(v) for k, v in asdict(self).items()}
+        out["spent_macs"] = float(self.spent_macs)
+        out["computation_saved"] = self.computation_saved
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float]) -> Ledger:
+        """Inverse of :meth:`to_metrics`; raises ``KeyError`` naming a missing field."""
+        kwargs: dict[str, float | int] = {}
+        for f in fields(cls):
+            if f.name not in metrics:
+                raise KeyError(f.name)
+            value = metrics[f.name]
+            kwargs[f.name] = value if f.type in ("float", float) else int(value)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the stored (non-derived) fields."""
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,340 @@
+"""The fleet report: per-round, per-device and per-tier tables, summary and plots.
+
+Written into the output folder as each round finishes (write to a temporary
+file, then rename, so a crash never leaves a half-written table):
+
+* ``rounds.csv`` / ``rounds.parquet`` -- one row per round: devices selected,
+  replies by status, instances, requested (budget), spent, baseline and saved
+  MACs, computation saved (round and cumulative), accuracy, simulated round
+  time and energy;
+* ``devices.csv`` / ``devices.parquet`` -- one row per device and round: the
+  device's ledger, status (ok / dropped / failed / rejected), real or simulated;
+* ``tiers.csv`` -- cumulative totals per tier;
+* ``summary.json`` -- the final (or latest) totals;
+* ``accuracy.png``, ``macs.png``, ``saving_per_tier.png``.
+
+Simulated round time is the slowest selected device's download + compute +
+upload time (its profile's numbers); energy is spent MACs x the profile's J/MAC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fededge.ledger import MAC_FIELDS, Ledger
+
+STATUSES = ("ok", "dropped", "failed", "rejected")
+LEDGER_COLUMNS = list(Ledger.field_names())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table as CSV or Parquet (by suffix) via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if path.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def device_row(
+    server_round: int,
+    device: int,
+    tier: str,
+    profile: str,
+    status: str,
+    metrics: Mapping[str, float] | None = None,
+    reason: str = "",
+) -> dict[str, Any]:
+    """One row of the device table from a reply's metrics (None for failures)."""
+    row: dict[str, Any] = {
+        "round": server_round,
+        "device": device,
+        "tier": tier,
+        "profile": profile,
+        "status": status,
+        "kind": "simulated",
+        "reason": reason,
+    }
+    m = dict(metrics or {})
+    for name in LEDGER_COLUMNS:
+        row[name] = float(m.get(name, math.inf if name == "budget_macs" else 0.0))
+    ledger = Ledger.from_metrics({**row, "budget_macs": row["budget_macs"]})
+    row["spent_macs"] = float(ledger.spent_macs)
+    row["computation_saved"] = ledger.computation_saved
+    for name in ("compute_s", "energy_j", "upload_s", "download_s", "client_wall_s"):
+        row[name] = float(m.get(name, 0.0))
+    row["threshold"] = float(m["threshold"]) if m.get("threshold", -1.0) >= 0 else math.nan
+    row["kind"] = "real" if m.get("real_device", 0) else "simulated"
+    row["round_time_s"] = (
+        row["download_s"] + row["compute_s"] + row["upload_s"] if status == "ok" else 0.0
+    )
+    return row
+
+
+class FleetReport:
+    """Accumulates rounds and writes the report files.
+
+    Parameters
+    ----------
+    out_dir : output folder (created).
+    name : scenario name (for titles).
+    tiers : tier names in scenario order.
+    plots : draw PNG plots after every round.
+    """
+
+    def __init__(
+        self, out_dir: str | Path, name: str, tiers: Iterable[str], *, plots: bool = True
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.tier_names = list(tiers)
+        self.plots = plots
+        self.rounds: list[dict[str, Any]] = []
+        self.devices: list[dict[str, Any]] = []
+
+    # -------------------------------------------------------------- rounds
+    def add_round(
+        self,
+        server_round: int,
+        rows: list[dict[str, Any]],
+        *,
+        selected: int,
+        accuracy: float | None,
+        loss: float | None,
+        skipped: bool,
+        wall_s: float,
+    ) -> dict[str, Any]:
+        """Record one finished round and write every file. Returns the round's row."""
+        self.devices.extend(rows)
+        frame = pd.DataFrame(rows)
+        ok = frame[frame["status"] == "ok"] if len(frame) else frame
+        prev = self.rounds[-1] if self.rounds else None
+        row: dict[str, Any] = {"round": server_round, "selected": selected}
+        for status in STATUSES:
+            row[status] = int((frame["status"] == status).sum()) if len(frame) else 0
+        row["skipped"] = int(skipped)
+        for name in (
+            "arrived",
+            "streamed",
+            "trained",
+            "filtered_out",
+            "uncertainty_sampled",
+            "unprocessed",
+            "budget_exhausted",
+            *MAC_FIELDS,
+            "baseline_macs",
+        ):
+            row[name] = float(ok[name].sum()) if len(ok) else 0.0
+        budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
+        row["requested_macs"] = float(budgets[budgets.map(math.isfinite)].sum())
+        row["spent_macs"] = float(sum(row[k] for k in MAC_FIELDS))
+        row["saved_macs"] = row["baseline_macs"] - row["spent_macs"]
+        row["computation_saved"] = _ratio_saved(row["spent_macs"], row["baseline_macs"])
+        row["cum_spent_macs"] = row["spent_macs"] + (prev["cum_spent_macs"] if prev else 0.0)
+        row["cum_baseline_macs"] = row["baseline_macs"] + (
+            prev["cum_baseline_macs"] if prev else 0.0
+        )
+        row["cum_computation_saved"] = _ratio_saved(row["cum_spent_macs"], row["cum_baseline_macs"])
+        row["accuracy"] = math.nan if accuracy is None else accuracy
+        row["loss"] = math.nan if loss is None else loss
+        row["sim_round_s"] = float(ok["round_time_s"].max()) if len(ok) else 0.0
+        row["cum_sim_s"] = row["sim_round_s"] + (prev["cum_sim_s"] if prev else 0.0)
+        row["energy_j"] = float(ok["energy_j"].sum()) if len(ok) else 0.0
+        row["cum_energy_j"] = row["energy_j"] + (prev["cum_energy_j"] if prev else 0.0)
+        row["train_wall_s"] = float(ok["wall_s"].sum()) if len(ok) else 0.0
+        row["wall_s"] = wall_s
+        self.rounds.append(row)
+        self.write()
+        return row
+
+    # -------------------------------------------------------------- tables
+    def rounds_frame(self) -> pd.DataFrame:
+        """The per-round table."""
+        return pd.DataFrame(self.rounds)
+
+    def devices_frame(self) -> pd.DataFrame:
+        """The per-device-round table."""
+        return pd.DataFrame(self.devices)
+
+    def tiers_frame(self) -> pd.DataFrame:
+        """Cumulative totals per tier (successful replies only)."""
+        return tier_table(self.devices_frame(), self.tier_names)
+
+    def summary(self) -> dict[str, Any]:
+        """Final (latest) totals as a flat dict."""
+        rounds = self.rounds_frame()
+        if rounds.empty:
+            return {"name": self.name, "rounds": 0}
+        last = rounds.iloc[-1]
+        acc = rounds["accuracy"].dropna()
+        return {
+            "name": self.name,
+            "rounds": int(last["round"]),
+            "final_accuracy": float(acc.iloc[-1]) if len(acc) else None,
+            "best_accuracy": float(acc.max()) if len(acc) else None,
+            "spent_macs": float(last["cum_spent_macs"]),
+            "baseline_macs": float(last["cum_baseline_macs"]),
+            "computation_saved": float(last["cum_computation_saved"]),
+            "energy_j": float(last["cum_energy_j"]),
+            "sim_time_s": float(last["cum_sim_s"]),
+            "trained": float(rounds["trained"].sum()),
+            "streamed": float(rounds["streamed"].sum()),
+            "arrived": float(rounds["arrived"].sum()),
+            "unprocessed": float(rounds["unprocessed"].sum()),
+            "budget_exhausted": float(rounds["budget_exhausted"].sum()),
+            "dropped": int(rounds["dropped"].sum()),
+            "failed": int(rounds["failed"].sum()),
+            "rejected": int(rounds["rejected"].sum()),
+            "skipped_rounds": int(rounds["skipped"].sum()),
+            "wall_s": float(rounds["wall_s"].sum()),
+            "tiers": self.tiers_frame().to_dict(orient="records"),
+        }
+
+    # --------------------------------------------------------------- files
+    def write(self) -> None:
+        """Write every table, the summary and (optionally) the plots."""
+        out = self.out_dir
+        rounds, devices, tiers = self.rounds_frame(), self.devices_frame(), self.tiers_frame()
+        for frame, stem in ((rounds, "rounds"), (devices, "devices")):
+            atomic_write_frame(frame, out / f"{stem}.csv")
+            atomic_write_frame(frame, out / f"{stem}.parquet")
+        atomic_write_frame(tiers, out / "tiers.csv")
+        atomic_write_text(
+            out / "summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n"
+        )
+        if self.plots:
+            from fededge.plots import fleet_plots
+
+            fleet_plots(rounds, tiers, out, title=self.name)
+
+    @classmethod
+    def load(
+        cls, out_dir: str | Path, name: str, tiers: Iterable[str], *, plots: bool = True
+    ) -> FleetReport:
+        """A report continuing the tables already in ``out_dir`` (for ``--resume``)."""
+        report = cls(out_dir, name, tiers, plots=plots)
+        rounds_csv, devices_csv = report.out_dir / "rounds.csv", report.out_dir / "devices.csv"
+        if rounds_csv.exists() and devices_csv.exists():
+            report.rounds = _records(pd.read_parquet(report.out_dir / "rounds.parquet"))
+            report.devices = _records(pd.read_parquet(report.out_dir / "devices.parquet"))
+        return report
+
+    def truncate(self, last_round: int) -> None:
+        """Forget rounds after ``last_round`` (a resumed run recomputes them)."""
+        self.rounds = [r for r in self.rounds if r["round"] <= last_round]
+        self.devices = [d for d in self.devices if d["round"] <= last_round]
+
+    def summary_text(self) -> str:
+        """A console table of the per-tier totals and the fleet line."""
+        tiers = self.tiers_frame()
+        s = self.summary()
+        lines = [
+            f"{'tier':<16}{'devices':>8}{'trained':>10}{'spent MACs':>13}{'baseline':>13}"
+            f"{'saved':>8}{'energy J':>11}{'budget out':>11}"
+        ]
+        for _, t in tiers.iterrows():
+            lines.append(
+                f"{t['tier']:<16}{int(t['devices']):>8}{int(t['trained']):>10}"
+                f"{t['spent_macs']:>13.3g}{t['baseline_macs']:>13.3g}"
+                f"{100 * t['computation_saved']:>7.1f}%{t['energy_j']:>11.3g}"
+                f"{int(t['budget_exhausted']):>11}"
+            )
+        if s.get("rounds"):
+            acc = s["final_accuracy"]
+            lines.append(
+                f"{'fleet':<16}{'':>8}{int(s['trained']):>10}{s['spent_macs']:>13.3g}"
+                f"{s['baseline_macs']:>13.3g}{100 * s['computation_saved']:>7.1f}%"
+                f"{s['energy_j']:>11.3g}{int(s['budget_exhausted']):>11}"
+            )
+            lines.append(f"final accuracy {100 * acc:.2f}%" if acc is not None else "no evaluation")
+            lines.append(
+                f"simulated time {s['sim_time_s']:.1f} s | dropped {s['dropped']} | "
+                f"failed {s['failed']} | rejected {s['rejected']} | skipped rounds "
+                f"{s['skipped_rounds']} | wall {s['wall_s']:.1f} s"
+            )
+        return "\n".join(lines)
+
+
+def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
+    """Cumulative totals per tier from a device table."""
+    columns = [
+        "tier",
+        "devices",
+        "replies",
+        "dropped",
+        "failed",
+        "rejected",
+        "arrived",
+        "streamed",
+        "trained",
+        "unprocessed",
+        "budget_exhausted",
+        "spent_macs",
+        "baseline_macs",
+        "computation_saved",
+        "energy_j",
+        "compute_s",
+    ]
+    rows = []
+    for tier in tier_names:
+        d = devices[devices["tier"] == tier] if len(devices) else devices
+        ok = d[d["status"] == "ok"] if len(d) else d
+        spent = float(ok["spent_macs"].sum()) if len(ok) else 0.0
+        base = float(ok["baseline_macs"].sum()) if len(ok) else 0.0
+        rows.append(
+            {
+                "tier": tier,
+                "devices": int(d["device"].nunique()) if len(d) else 0,
+                "replies": len(ok),
+                **{
+                    s: int((d["status"] == s).sum()) if len(d) else 0
+                    for s in ("dropped", "failed", "rejected")
+                },
+                **{
+                    k: float(ok[k].sum()) if len(ok) else 0.0
+                    for k in ("arrived", "streamed", "trained", "unprocessed", "budget_exhausted")
+                },
+                "spent_macs": spent,
+                "baseline_macs": base,
+                "computation_saved": _ratio_saved(spent, base),
+                "energy_j": float(ok["energy_j"].sum()) if len(ok) else 0.0,
+                "compute_s": float(ok["compute_s"].sum()) if len(ok) else 0.0,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _ratio_saved(spent: float, baseline: float) -> float:
+    return 1.0 - spent / baseline if baseline > 0 else 0.0
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): v for k, v in r.items()} for r in frame.to_dict(orient="records")]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value

@@ -1,0 +1,720 @@
+"""Scenario files: one TOML file describes data, model, fleet, budgets, savers and server.
+
+:func:`load_scenario` parses a file (with ``--set key=value`` overrides) into a
+frozen, validated :class:`Scenario`. Every problem is reported at once, each
+with its field path, the value received and what is expected; unknown keys are
+rejected with a did-you-mean suggestion. After loading, no code reads string
+keys from dicts.
+
+Sections (see ``scenarios/*.toml`` and the README for a full example)::
+
+    [run]          name, seed, rounds, output_dir
+    [data]         dataset, data_dir, partition, dirichlet_alpha, shards_per_device,
+                   arrivals_per_round, arrival_process, passes, leftover, test_instances
+    [model]        main, filter
+    [train]        batch_size, lr, momentum, weight_decay, nesterov, lr_milestones, lr_gamma
+    [savers.eif]   enabled, target_ratio, alpha_up, alpha_down, window, entropy_threshold,
+                   initial_threshold, lr, lr_final, momentum, weight_decay
+    [savers.emp]   enabled, keep_ratio, gamma_weight, gamma_error, exempt
+    [[fleet.tiers]] name, profile, count, budget_macs | budget_seconds | budget_joules,
+                   dropout, arrivals_per_round, savers (per-tier overrides)
+    [fleet.profiles.NAME]  custom device profiles
+    [server]       fraction, min_replies, eval_every, eval_instances, timeout_s
+    [simulation]   client_cpus, client_gpus, max_concurrent, ray_address, threads_per_client
+    [sweep]        budgets, savers
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from fededge.devices import CATALOG, DeviceProfile, load_profile_file
+from fededge.errors import ConfigError, ConfigIssue, DataError
+
+PosInt = Annotated[StrictInt, Field(ge=1)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosFloat = Annotated[StrictFloat, Field(gt=0)]
+NonNegFloat = Annotated[StrictFloat, Field(ge=0)]
+Fraction = Annotated[StrictFloat, Field(gt=0, le=1)]
+Name = Annotated[StrictStr, Field(min_length=1)]
+
+SAVER_SETTINGS = ("none", "eif", "emp", "eif+emp")
+
+
+class Section(BaseModel):
+    """Base of every scenario section: frozen, no unknown keys, no NaN/inf."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class RunSection(Section):
+    """``[run]``: name, seed, number of rounds, where results go."""
+
+    name: Name = "scenario"
+    seed: NonNegInt = 0
+    rounds: PosInt = 3
+    output_dir: StrictStr | None = None
+
+
+class DataSection(Section):
+    """``[data]``: the dataset, how it is partitioned and how it streams in."""
+
+    dataset: Name = "mnist"
+    data_dir: StrictStr | None = None
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    dirichlet_alpha: PosFloat = 0.5
+    shards_per_device: PosInt = 2
+    arrivals_per_round: PosInt = 256
+    arrival_process: Literal["fixed", "poisson"] = "fixed"
+    passes: PosInt = 1
+    leftover: Literal["drop", "queue"] = "drop"
+    test_instances: PosInt | None = None
+
+
+class ModelSection(Section):
+    """``[model]``: main net and filter net (None: the default filter for the dataset)."""
+
+    main: Name = "lenet5"
+    filter: StrictStr | None = None
+
+
+class TrainSection(Section):
+    """``[train]``: the main net's SGD and batch size.
+
+    ``lr_milestones`` are fractions of the run's rounds at which the learning
+    rate is multiplied by ``lr_gamma`` (e.g. ``[0.5, 0.75]``).
+    """
+
+    batch_size: PosInt = 64
+    lr: PosFloat = 0.01
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.5
+    weight_decay: NonNegFloat = 0.0
+    nesterov: StrictBool = False
+    lr_milestones: tuple[Annotated[StrictFloat, Field(gt=0, lt=1)], ...] = ()
+    lr_gamma: Fraction = 0.1
+
+    def lr_at_round(self, server_round: int, rounds: int) -> float:
+        """Learning rate of round ``server_round`` (1-based) of ``rounds``."""
+        progress = (server_round - 1) / rounds
+        drops = sum(progress >= m for m in self.lr_milestones)
+        return float(self.lr * self.lr_gamma**drops)
+
+
+class EIFSection(Section):
+    """``[savers.eif]``: early instance filter (see :class:`fededge.instance_filter.EIFConfig`)."""
+
+    enabled: StrictBool = False
+    target_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.2
+    alpha_up: Annotated[StrictFloat, Field(gt=1)] = 1.05
+    alpha_down: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.95
+    window: PosInt = 10
+    entropy_threshold: Annotated[StrictFloat, Field(ge=0, le=math.log(2))] = 0.6
+    initial_threshold: PosFloat = 0.5
+    lr: PosFloat = 0.1
+    lr_final: PosFloat | None = None
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegFloat = 1e-4
+
+
+class EMPSection(Section):
+    """``[savers.emp]``: error map pruning (see :class:`fededge.error_map.EMPConfig`)."""
+
+    enabled: StrictBool = False
+    keep_ratio: Fraction = 0.5
+    gamma_weight: NonNegFloat = 1.0
+    gamma_error: NonNegFloat = 1.0
+    exempt: tuple[StrictStr, ...] = ()
+
+
+class SaversSection(Section):
+    """``[savers]``: the savers and their parameters."""
+
+    eif: EIFSection = EIFSection()
+    emp: EMPSection = EMPSection()
+
+    @property
+    def label(self) -> str:
+        """``none``, ``eif``, ``emp`` or ``eif+emp``."""
+        on = [n for n, s in (("eif", self.eif), ("emp", self.emp)) if s.enabled]
+        return "+".join(on) if on else "none"
+
+
+class ProfileSection(Section):
+    """``[fleet.profiles.NAME]``: a custom device profile (see :class:`DeviceProfile`)."""
+
+    macs_per_s: PosFloat
+    power_w: PosFloat
+    memory_mb: PosFloat = 1024.0
+    uplink_mbps: PosFloat = 10.0
+    downlink_mbps: PosFloat = 50.0
+    description: StrictStr = ""
+
+
+class TierSection(Section):
+    """``[[fleet.tiers]]``: ``count`` devices of one profile, budget and saver settings.
+
+    At most one of ``budget_macs``, ``budget_seconds`` (of the profile's
+    compute) and ``budget_joules`` is given, per round; none means unlimited.
+    ``savers`` overrides the scenario's ``[savers]`` for this tier, key by key.
+    """
+
+    name: Name
+    profile: Name
+    count: PosInt
+    budget_macs: PosFloat | None = None
+    budget_seconds: PosFloat | None = None
+    budget_joules: PosFloat | None = None
+    dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    arrivals_per_round: PosInt | None = None
+    savers: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TierSection:
+        given = [b for b in ("budget_macs", "budget_seconds", "budget_joules") if getattr(self, b)]
+        if len(given) > 1:
+            raise ValueError(
+                f"give at most one of budget_macs, budget_seconds, budget_joules; got {given}"
+            )
+        return self
+
+
+class FleetSection(Section):
+    """``[fleet]``: device tiers and custom profiles."""
+
+    tiers: Annotated[tuple[TierSection, ...], Field(min_length=1)]
+    profiles: dict[str, ProfileSection] = {}
+
+
+class ServerSection(Section):
+    """``[server]``: device sampling, failure tolerance and central evaluation.
+
+    ``min_replies`` is the fewest successful replies a round needs; below it
+    the round is skipped and the global model kept.
+    """
+
+    fraction: Fraction = 1.0
+    min_replies: PosInt = 1
+    eval_every: PosInt = 1
+    eval_instances: PosInt | None = None
+    timeout_s: PosFloat = 3600.0
+
+
+class SimulationSection(Section):
+    """``[simulation]``: Ray resources per client and where Ray runs.
+
+    ``max_concurrent`` caps how many clients run at once (None: as many as the
+    CPUs allow). ``ray_address`` joins an existing Ray cluster (``RAY_ADDRESS``
+    is used when unset).
+    """
+
+    client_cpus: PosFloat = 1.0
+    client_gpus: NonNegFloat = 0.0
+    max_concurrent: PosInt | None = None
+    threads_per_client: PosInt = 1
+    ray_address: StrictStr | None = None
+
+
+class SweepSection(Section):
+    """``[sweep]``: budget multipliers and saver settings compared by ``fededge compare``."""
+
+    budgets: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (1.0,)
+    savers: Annotated[tuple[Literal["none", "eif", "emp", "eif+emp"], ...], Field(min_length=1)] = (
+        "none",
+        "eif+emp",
+    )
+    target_accuracy: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+
+
+class ScenarioModel(Section):
+    """The whole file, as validated by pydantic (see :class:`Scenario`)."""
+
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    savers: SaversSection = SaversSection()
+    fleet: FleetSection
+    server: ServerSection = ServerSection()
+    simulation: SimulationSection = SimulationSection()
+    sweep: SweepSection | None = None
+
+
+# --------------------------------------------------------------------------- scenario
+class Tier:
+    """A validated tier with its resolved profile, budget in MACs and savers."""
+
+    def __init__(
+        self,
+        section: TierSection,
+        profile: DeviceProfile,
+        savers: SaversSection,
+        arrivals_per_round: int,
+        first_device: int,
+    ) -> None:
+        self.section = section
+        self.name = section.name
+        self.profile = profile
+        self.savers = savers
+        self.count = section.count
+        self.dropout = section.dropout
+        self.arrivals_per_round = arrivals_per_round
+        self.first_device = first_device
+
+    @property
+    def budget_macs(self) -> float:
+        """Per-round budget in MACs (``inf`` if unlimited)."""
+        s = self.section
+        if s.budget_macs is not None:
+            return s.budget_macs
+        if s.budget_seconds is not None:
+            return self.profile.macs_for_seconds(s.budget_seconds)
+        if s.budget_joules is not None:
+            return self.profile.macs_for_joules(s.budget_joules)
+        return math.inf
+
+    def __repr__(self) -> str:
+        return f"Tier({self.name!r}, {self.profile.name}, count={self.count})"
+
+
+class Scenario:
+    """A loaded scenario: the validated sections plus derived, resolved values.
+
+    Attributes mirror the file's sections (``run``, ``data``, ``model``,
+    ``train``, ``savers``, ``server``, ``simulation``, ``sweep``); ``tiers``
+    are resolved :class:`Tier` objects; ``raw`` is the (overridden) document,
+    ``text`` its canonical TOML (what the server sends to devices) and
+    ``digest`` a hash of it.
+    """
+
+    def __init__(self, model: ScenarioModel, raw: dict[str, Any], source: str) -> None:
+        self.model = model
+        self.raw = raw
+        self.source = source
+        self.run = model.run
+        self.data = model.data
+        self.train = model.train
+        self.savers = model.savers
+        self.server = model.server
+        self.simulation = model.simulation
+        self.sweep = model.sweep
+        self.main_model = model.model.main
+        self.filter_model = model.model.filter or default_filter(model.data.dataset)
+        self.text = tomli_w.dumps(raw)
+        self.digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        self.tiers: tuple[Tier, ...] = ()
+
+    @property
+    def num_devices(self) -> int:
+        """Devices in the fleet."""
+        return sum(t.count for t in self.tiers)
+
+    def tier_of(self, device: int) -> Tier:
+        """The tier that device (partition id) ``device`` belongs to."""
+        for tier in self.tiers:
+            if tier.first_device <= device < tier.first_device + tier.count:
+                return tier
+        raise IndexError(f"device {device} is outside the fleet of {self.num_devices}")
+
+    def with_overrides(self, overrides: Sequence[str]) -> Scenario:
+        """A new scenario with ``key=value`` overrides applied to :attr:`raw`."""
+        return build_scenario(apply_overrides(copy.deepcopy(self.raw), overrides), self.source)
+
+    def output_dir(self) -> Path:
+        """Where results go: ``run.output_dir`` or ``runs/<name>``."""
+        return Path(self.run.output_dir or Path("runs") / self.run.name)
+
+    def __repr__(self) -> str:
+        return f"Scenario({self.run.name!r}, {self.num_devices} devices, {self.run.rounds} rounds)"
+
+
+def default_filter(dataset: str) -> str:
+    """The paper's filter net for a dataset: slim LeNet for 28x28, ResNet-8 otherwise."""
+    return "slim-lenet" if dataset in ("mnist", "fashion-mnist") else "resnet8"
+
+
+# --------------------------------------------------------------------------- loading
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read, override and validate a scenario file.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found (unreadable file, invalid TOML, bad fields).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), f"cannot read file: {exc.strerror}")]) from None
+    return parse_scenario(text, source=str(path), overrides=overrides)
+
+
+def parse_scenario(
+    text: str, *, source: str = "<string>", overrides: Sequence[str] = ()
+) -> Scenario:
+    """Parse scenario TOML text (see :func:`load_scenario`)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(source, f"invalid TOML: {exc}")], source) from None
+    raw = apply_overrides(raw, overrides, source=source)
+    return build_scenario(raw, source)
+
+
+def build_scenario(raw: dict[str, Any], source: str) -> Scenario:
+    """Validate a parsed document and resolve tiers, profiles and names."""
+    try:
+        model = ScenarioModel.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_issues_from_pydantic(exc, raw), source) from None
+    scenario = Scenario(model, raw, source)
+    issues = _resolve(scenario, model)
+    if issues:
+        raise ConfigError(issues, source)
+    return scenario
+
+
+def _resolve(scenario: Scenario, model: ScenarioModel) -> list[ConfigIssue]:
+    """Checks that need more than one field: names, profiles, tier savers, budgets."""
+    from fededge.data import KNOWN_DATASETS, dataset_info
+    from fededge.models import check_filter_name, check_model_name
+
+    issues: list[ConfigIssue] = []
+    data = model.data
+    if data.dataset not in KNOWN_DATASETS:
+        issues.append(_unknown("data.dataset", data.dataset, KNOWN_DATASETS, "a dataset"))
+    if data.dataset == "imagefolder" and not data.data_dir:
+        issues.append(ConfigIssue("data.data_dir", "required for dataset 'imagefolder'"))
+    for path, name, check in (
+        ("model.main", model.model.main, check_model_name),
+        ("model.filter", scenario.filter_model, check_filter_name),
+    ):
+        problem = check(name)
+        if problem:
+            issues.append(ConfigIssue(path, problem))
+
+    tiers: list[Tier] = []
+    first = 0
+    names: set[str] = set()
+    for i, section in enumerate(model.fleet.tiers):
+        where = f"fleet.tiers[{i}]"
+        if section.name in names:
+            issues.append(ConfigIssue(f"{where}.name", f"duplicate tier name {section.name!r}"))
+        names.add(section.name)
+        profile = _resolve_profile(section.profile, model, f"{where}.profile", issues)
+        savers = model.savers
+        if section.savers is not None:
+            merged = _merge(model.savers.model_dump(), section.savers)
+            try:
+                savers = SaversSection.model_validate(merged)
+            except ValidationError as exc:
+                issues += _issues_from_pydantic(exc, merged, prefix=f"{where}.savers")
+        if profile is not None:
+            tier = Tier(
+                section,
+                profile,
+                savers,
+                section.arrivals_per_round or data.arrivals_per_round,
+                first,
+            )
+            tiers.append(tier)
+        first += section.count
+    scenario.tiers = tuple(tiers)
+
+    if not issues and data.dataset in KNOWN_DATASETS:
+        try:
+            info = dataset_info(data.dataset, data_dir_of(scenario))
+        except DataError as exc:
+            return [*issues, ConfigIssue("data.data_dir", str(exc))]
+        if scenario.num_devices > info.train_size:
+            issues.append(
+                ConfigIssue(
+                    "fleet.tiers",
+                    f"{scenario.num_devices} devices exceed the {info.train_size} training "
+                    f"instances of {data.dataset}",
+                )
+            )
+        issues += _check_budgets(scenario)
+    if model.server.min_replies > max(1, math.ceil(model.server.fraction * scenario.num_devices)):
+        issues.append(
+            ConfigIssue(
+                "server.min_replies",
+                f"must be <= the devices sampled per round "
+                f"({math.ceil(model.server.fraction * scenario.num_devices)}), "
+                f"got {model.server.min_replies}",
+            )
+        )
+    return issues
+
+
+def _check_budgets(scenario: Scenario) -> list[ConfigIssue]:
+    """A budget must pay for at least one mini-batch of training (plus its filter work)."""
+    from fededge.fleet import minimum_round_macs
+
+    issues = []
+    for i, tier in enumerate(scenario.tiers):
+        budget = tier.budget_macs
+        if math.isinf(budget):
+            continue
+        needed = minimum_round_macs(scenario, tier)
+        if budget < needed:
+            field = next(
+                f
+                for f in ("budget_macs", "budget_seconds", "budget_joules")
+                if getattr(tier.section, f) is not None
+            )
+            issues.append(
+                ConfigIssue(
+                    f"fleet.tiers[{i}].{field}",
+                    f"{getattr(tier.section, field):g} ({budget:.3g} MACs on {tier.profile.name}) "
+                    f"cannot train a single mini-batch of {scenario.train.batch_size} instances "
+                    f"of {scenario.main_model}: needs at least {needed:.3g} MACs per round",
+                )
+            )
+    return issues
+
+
+def _resolve_profile(
+    name: str, model: ScenarioModel, where: str, issues: list[ConfigIssue]
+) -> DeviceProfile | None:
+    custom = model.fleet.profiles
+    if name in custom:
+        return DeviceProfile(name=name, **custom[name].model_dump())
+    if name in CATALOG:
+        return CATALOG[name]
+    if name.endswith(".json"):
+        try:
+            return load_profile_file(name)
+        except ConfigError as exc:
+            issues += [ConfigIssue(where, str(i)) for i in exc.issues]
+            return None
+    issues.append(
+        _unknown(where, name, [*CATALOG, *custom], "a device profile (or a .json profile)")
+    )
+    return None
+
+
+def _unknown(path: str, value: str, known: Sequence[str], what: str) -> ConfigIssue:
+    hint = difflib.get_close_matches(value, list(known), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ConfigIssue(
+        path, f"unknown {what} {value!r}; expected one of {', '.join(known)}{suggestion}"
+    )
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- errors
+def _issues_from_pydantic(exc: ValidationError, raw: Any, prefix: str = "") -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors():
+        loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        path = _format_path(loc, prefix)
+        kind = error["type"]
+        value = error.get("input")
+        if kind == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = f"unknown key {loc[-1]!r}"
+            msg += (
+                f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(known)}"
+            )
+        elif kind == "missing":
+            msg = "missing required field"
+        else:
+            msg = _describe(error)
+            if kind != "value_error" or value is not None:
+                msg += f", got {_show(value)}"
+        issues.append(ConfigIssue(path or "<root>", msg))
+    return issues
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    table = {
+        "greater_than": f"must be > {ctx.get('gt')}",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "int_type": "must be an integer",
+        "float_type": "must be a number",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "finite_number": "must be a finite number",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "too_short": "must not be empty",
+        "string_too_short": "must not be empty",
+        "tuple_type": "must be an array",
+        "dict_type": "must be a table",
+        "model_type": "must be a table",
+        "model_attributes_type": "must be a table",
+    }
+    if kind in table:
+        return table[kind]
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_path(loc: Sequence[Any], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_SECTION_MODELS: dict[str, type[Section]] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "train": TrainSection,
+    "savers": SaversSection,
+    "fleet": FleetSection,
+    "server": ServerSection,
+    "simulation": SimulationSection,
+    "sweep": SweepSection,
+}
+
+
+def _known_keys(loc: Sequence[Any]) -> list[str]:
+    """Field names of the section at ``loc`` (for did-you-mean)."""
+    model: type[BaseModel] = ScenarioModel
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        nested = _model_in(field.annotation)
+        if nested is None:
+            break
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------- overrides
+_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(\[(\d+)\])?$")
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Sequence[str], *, source: str = "--set"
+) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values are TOML: ``0.5``, ``true``, ``"x"``,
+    ``[1, 2]``; a bare word is taken as a string). ``fleet.tiers[1].count=5`` indexes arrays.
+    """
+    issues = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            issues.append(ConfigIssue(f"--set {item}", "expected KEY=VALUE, e.g. run.rounds=5"))
+            continue
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        parts = key.strip().split(".")
+        node: Any = raw
+        ok = True
+        for depth, part in enumerate(parts):
+            match = _KEY.match(part)
+            if not match:
+                issues.append(ConfigIssue(f"--set {key}", f"invalid key part {part!r}"))
+                ok = False
+                break
+            name, _, index = match.groups()
+            last = depth == len(parts) - 1
+            if index is None:
+                if last:
+                    node[name] = value
+                else:
+                    node = node.setdefault(name, {})
+                    if not isinstance(node, dict):
+                        issues.append(ConfigIssue(f"--set {key}", f"{name!r} is not a table"))
+                        ok = False
+                        break
+            else:
+                seq = node.get(name)
+                if not isinstance(seq, list) or int(index) >= len(seq):
+                    size = len(seq) if isinstance(seq, list) else 0
+                    issues.append(
+                        ConfigIssue(f"--set {key}", f"{name} has {size} entries, no index {index}")
+                    )
+                    ok = False
+                    break
+                if last:
+                    seq[int(index)] = value
+                else:
+                    node = seq[int(index)]
+        del ok
+    if issues:
+        raise ConfigError(issues, source)
+    return raw
+
+
+def scenario_files(directory: str | Path) -> list[Path]:
+    """The ``*.toml`` scenario files of a directory, sorted."""
+    return sorted(Path(directory).glob("*.toml"))
+
+
+def data_dir_of(scenario: Scenario) -> str | None:
+    """The data directory a scenario asks for, relative paths taken from its file's folder."""
+    if not scenario.data.data_dir:
+        return None
+    path = Path(os.path.expanduser(scenario.data.data_dir))
+    if not path.is_absolute() and scenario.source not in ("<string>", ""):
+        candidate = Path(scenario.source).parent / path
+        if candidate.exists():
+            return str(candidate.resolve())
+    return str(path)

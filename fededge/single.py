@@ -1,0 +1,177 @@
+"""One device, one stream, no Flower: the training loop on this machine.
+
+Used by ``fededge train`` and by the reproduction benchmarks: the paper's
+setting is a single device training from scratch on the shuffled training set,
+streamed batch after batch (PAPER.md §Setting).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fededge.data import load_dataset
+from fededge.error_map import EMPConfig
+from fededge.instance_filter import EIFConfig
+from fededge.ledger import Ledger
+from fededge.models import build_filter, build_model
+from fededge.scenario import default_filter
+from fededge.training import LocalTrainer, TrainConfig, evaluate
+
+
+@dataclass
+class SingleResult:
+    """Outcome of a single-device run."""
+
+    name: str
+    ledger: Ledger
+    accuracy: float
+    loss: float
+    wall_s: float
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (instances streamed, accuracy)
+
+    def table(self) -> str:
+        """A readable ledger table."""
+        lg = self.ledger
+        rows = [
+            ("streamed instances", f"{lg.streamed:,}"),
+            ("trained (main backward)", f"{lg.trained:,}"),
+            ("filtered out", f"{lg.filtered_out:,}"),
+            ("uncertainty-sampled", f"{lg.uncertainty_sampled:,}"),
+            ("filter inference MACs", f"{lg.filter_forward_macs:.4g}"),
+            ("filter training MACs", f"{lg.filter_train_macs:.4g}"),
+            ("sampled forward MACs", f"{lg.sampled_forward_macs:.4g}"),
+            ("main forward MACs", f"{lg.main_forward_macs:.4g}"),
+            ("main grad-input MACs", f"{lg.main_grad_input_macs:.4g}"),
+            ("main grad-weight MACs", f"{lg.main_grad_weight_macs:.4g}"),
+            ("selection MACs", f"{lg.selection_macs:.4g}"),
+            ("spent MACs", f"{lg.spent_macs:.4g}"),
+            ("baseline MACs (plain SGD)", f"{lg.baseline_macs:.4g}"),
+            ("spent MACs per streamed instance", f"{lg.spent_macs / max(lg.streamed, 1):,.0f}"),
+            ("computation saved", f"{100 * lg.computation_saved:.2f}%"),
+            ("test accuracy", f"{100 * self.accuracy:.2f}%"),
+            ("training wall time", f"{lg.wall_s:.1f} s"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def train_single(
+    *,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    model: str = "lenet5",
+    filter_model: str | None = None,
+    savers: str = "none",
+    epochs: float = 1.0,
+    iterations: int | None = None,
+    batch_size: int = 64,
+    lr: float = 0.01,
+    momentum: float = 0.5,
+    weight_decay: float = 0.0,
+    lr_milestones: Sequence[float] = (),
+    lr_gamma: float = 0.1,
+    keep_ratio: float = 0.5,
+    target_ratio: float = 0.2,
+    eif: EIFConfig | None = None,
+    emp: EMPConfig | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    eval_points: int = 0,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> SingleResult:
+    """Train ``model`` on a stream of ``dataset`` with the given savers.
+
+    The stream is the training set, shuffled (seeded), repeated for ``epochs``
+    passes -- or cut at ``iterations`` streamed mini-batches. The learning rate
+    is multiplied by ``lr_gamma`` at each fraction of the stream in
+    ``lr_milestones``. ``savers`` is ``none``, ``eif``, ``emp`` or ``eif+emp``;
+    ``eif``/``emp`` configs override ``target_ratio``/``keep_ratio``.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    use_eif = "eif" in savers.split("+")
+    use_emp = "emp" in savers.split("+")
+    train = load_dataset(dataset, "train", data_dir)
+    test = load_dataset(dataset, "test", data_dir)
+    shape = (train.channels, *train.image_size)
+    torch.manual_seed(seed)
+    net = build_model(
+        model,
+        num_classes=train.num_classes,
+        in_channels=train.channels,
+        image_size=train.image_size[0],
+    )
+    filter_net = None
+    eif_cfg = None
+    if use_eif:
+        torch.manual_seed(seed + 1)
+        filter_net = build_filter(
+            filter_model or default_filter(dataset),
+            in_channels=train.channels,
+            image_size=train.image_size[0],
+        )
+        eif_cfg = eif or EIFConfig(target_ratio=target_ratio)
+    emp_cfg = (emp or EMPConfig(keep_ratio=keep_ratio)) if use_emp else None
+    net.to(device)
+    if filter_net is not None:
+        filter_net.to(device)
+    trainer = LocalTrainer(
+        net,
+        train,
+        shape,
+        TrainConfig(batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay),
+        filter_net=filter_net,
+        eif=eif_cfg,
+        emp=emp_cfg,
+        seed=seed,
+        device=device,
+    )
+    total = iterations * batch_size if iterations is not None else round(epochs * len(train))
+    gen = torch.Generator().manual_seed(seed)
+    passes = math.ceil(total / len(train))
+    stream = torch.cat([torch.randperm(len(train), generator=gen) for _ in range(passes)])[:total]
+
+    def lr_at(position: int) -> float:
+        drops = sum(position >= m * total for m in lr_milestones)
+        return lr * lr_gamma**drops
+
+    filter_lr_at = None
+    if eif_cfg is not None and eif_cfg.lr_final is not None:
+        start_lr, end_lr = eif_cfg.lr, eif_cfg.lr_final
+
+        def filter_lr_at(position: int) -> float:
+            return start_lr + (end_lr - start_lr) * position / total
+
+    name = f"{model}/{dataset}/{savers}"
+    ledger = Ledger()
+    curve: list[tuple[int, float]] = []
+    chunks = max(eval_points, 1)
+    bounds = [round(i * total / chunks) for i in range(chunks + 1)]
+    started = time.perf_counter()
+    for i in range(chunks):
+        last = i == chunks - 1
+        result = trainer.run(
+            stream[bounds[i] : bounds[i + 1]],
+            lr_schedule=lr_at,
+            filter_lr_schedule=filter_lr_at,
+            flush=last,
+        )
+        ledger += result.ledger
+        if eval_points:
+            acc, _ = evaluate(net, test, len(test), device=device)
+            curve.append((bounds[i + 1], acc))
+            if progress is not None:
+                progress(
+                    f"{name}: {bounds[i + 1]:,}/{total:,} streamed, acc {100 * acc:.2f}%, "
+                    f"saved {100 * ledger.computation_saved:.1f}%"
+                )
+    wall = time.perf_counter() - started
+    trainer.close()
+    acc, loss = evaluate(net, test, len(test), device=device)
+    return SingleResult(name=name, ledger=ledger, accuracy=acc, loss=loss, wall_s=wall, curve=curve)

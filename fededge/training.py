@@ -1,0 +1,383 @@
+"""The one local training loop: plain SGD over a stream, with savers as switches.
+
+Baseline SGD, EIF, EMP and EIF+EMP are this same loop (STYLE.md habit 5):
+
+* without EIF every streamed instance is queued for the main net;
+* with EIF (:class:`~fededge.instance_filter.InstanceFilter`) the filter net
+  reads each streamed mini-batch first and only predicted-high instances are
+  queued; uncertain drops are run forward through the main net to label them;
+* kept instances are queued into *full* mini-batches of ``batch_size`` before
+  the main net trains on them (no tiny ragged batches); the queue persists
+  across calls, so a device carries it from round to round;
+* with EMP (:class:`~fededge.error_map.ErrorMapPruner`) the conv layers of the
+  main net back-propagate only their top-scoring output channels.
+
+Every MAC is accounted in a :class:`~fededge.ledger.Ledger` from the exact
+per-layer costs of :mod:`fededge.flops`, and a budget in MACs is enforced
+*before* each piece of work, so ``spent_macs <= budget_macs`` always holds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fededge.error_map import EMPConfig, ErrorMapPruner
+from fededge.flops import ModelCost, model_cost
+from fededge.instance_filter import EIFConfig, InstanceFilter
+from fededge.ledger import Ledger
+
+
+class BatchSource(Protocol):
+    """What the loop needs from a dataset: a vectorised, seeded batch accessor."""
+
+    def batch(
+        self, indices: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer and batching of the main net.
+
+    Parameters
+    ----------
+    batch_size : instances per main-net mini-batch (and per streamed mini-batch).
+    lr, momentum, weight_decay, nesterov : SGD hyper-parameters.
+    """
+
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if not self.lr > 0.0:
+            problems.append(f"lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0.0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.nesterov and self.momentum == 0.0:
+            problems.append("nesterov needs momentum > 0")
+        if problems:
+            raise ValueError("TrainConfig: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A run's ledger and the arrivals it left unprocessed (budget ran out)."""
+
+    ledger: Ledger
+    leftover: Tensor  # (k,) int64 dataset indices, in arrival order
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Run a train-mode forward without updating BatchNorm running statistics."""
+    saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None]] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            saved.append((module, module.momentum))
+            module.momentum = 0.0
+    try:
+        yield
+    finally:
+        for module, momentum in saved:
+            module.momentum = momentum
+
+
+class LocalTrainer:
+    """Trains a main net on a stream of instances, with optional EIF and EMP.
+
+    Parameters
+    ----------
+    model : the main net (trained in place).
+    data : the device's dataset (anything with ``batch(indices, generator)``).
+    input_shape : (C, H, W) of one instance, for cost accounting.
+    config : optimizer and batch size.
+    filter_net, eif : the filter net and EIF parameters (both or neither).
+    emp : EMP parameters, or None for dense backward.
+    seed : seeds the trainer's generator (augmentation, data order within the loop).
+    device : where the nets run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: BatchSource,
+        input_shape: tuple[int, int, int],
+        config: TrainConfig,
+        *,
+        filter_net: nn.Module | None = None,
+        eif: EIFConfig | None = None,
+        emp: EMPConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        main_cost: ModelCost | None = None,
+        filter_cost: ModelCost | None = None,
+    ) -> None:
+        if (filter_net is None) != (eif is None):
+            raise ValueError("EIF needs both a filter net and an EIFConfig (or neither)")
+        self.model = model
+        self.data = data
+        self.config = config
+        self.device = torch.device(device)
+        self.main_cost: ModelCost = main_cost or model_cost(model, input_shape)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
+        self.filter: InstanceFilter | None = None
+        self.filter_cost: ModelCost | None = None
+        if filter_net is not None and eif is not None:
+            self.filter = InstanceFilter(filter_net, eif)
+            self.filter_cost = filter_cost or model_cost(filter_net, input_shape)
+        self.pruner = ErrorMapPruner(model, emp) if emp is not None else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.queue = torch.empty(0, dtype=torch.long)
+        self.position = 0  # instances streamed over the trainer's lifetime
+
+    def set_lr(self, lr: float) -> None:
+        """Set the main net's learning rate."""
+        self._set_lr(self.optimizer, lr)
+
+    def close(self) -> None:
+        """Detach EMP from the model (the model's convs get their dense backward back)."""
+        if self.pruner is not None:
+            self.pruner.remove()
+            self.pruner = None
+
+    # ------------------------------------------------------------------ costs
+    @property
+    def dense_step_macs(self) -> int:
+        """Per-instance MACs of one dense training step of the main net."""
+        return self.main_cost.training_macs
+
+    def _main_step_bound(self, n: int) -> int:
+        """Upper bound on the MACs of training ``n`` instances (before EMP's choice)."""
+        bound = n * self.dense_step_macs
+        if self.pruner is not None:
+            bound += self.pruner.selection_macs_bound(n, self.main_cost)
+        return bound
+
+    def _filter_step_macs(self, n: int) -> int:
+        assert self.filter_cost is not None
+        return n * self.filter_cost.training_macs
+
+    # ------------------------------------------------------------------- run
+    def run(
+        self,
+        indices: Tensor,
+        *,
+        budget_macs: float = math.inf,
+        lr_schedule: Callable[[int], float] | None = None,
+        filter_lr_schedule: Callable[[int], float] | None = None,
+        flush: bool = False,
+    ) -> TrainResult:
+        """Stream ``indices`` (dataset indices in arrival order) through the loop.
+
+        Parameters
+        ----------
+        indices : (N,) int64 dataset indices, in arrival order.
+        budget_macs : stop before any piece of work that would exceed it.
+        lr_schedule, filter_lr_schedule : learning rate as a function of
+            :attr:`position` (instances streamed so far), applied per streamed batch.
+        flush : after the stream, also train the queued remainder (< batch_size)
+            as a final smaller batch. Devices leave it queued for their next round.
+
+        Returns
+        -------
+        TrainResult with the ledger and the unprocessed arrivals.
+        """
+        start = time.perf_counter()
+        ledger = Ledger(arrived=len(indices), budget_macs=budget_macs)
+        m = self.config.batch_size
+        cursor = 0
+        stopped = False
+        while cursor < len(indices):
+            idx = indices[cursor : cursor + m]
+            if lr_schedule is not None:
+                self._set_lr(self.optimizer, lr_schedule(self.position))
+            if self.filter is not None and filter_lr_schedule is not None:
+                self.filter.set_lr(filter_lr_schedule(self.position))
+            before = ledger.streamed
+            going = self._stream_batch(idx, ledger, budget_macs)
+            cursor += ledger.streamed - before
+            if not going:
+                stopped = True
+                break
+        if flush and not stopped and len(self.queue):
+            if ledger.spent_macs + self._main_step_bound(len(self.queue)) <= budget_macs:
+                batch, self.queue = self.queue, self.queue[:0]
+                self._train_main(batch, ledger)
+                if self.filter is not None:
+                    ledger.filter_train_macs += self._filter_step_macs(self.filter.pending)
+                    ledger.filter_steps += self.filter.end_batch(0) > 0
+            else:
+                stopped = True
+        leftover = indices[cursor:]
+        ledger.unprocessed = len(leftover)
+        ledger.budget_exhausted = int(stopped)
+        ledger.wall_s = time.perf_counter() - start
+        return TrainResult(ledger=ledger, leftover=leftover)
+
+    def _stream_batch(self, idx: Tensor, ledger: Ledger, budget: float) -> bool:
+        """Process one streamed mini-batch; False when the budget stops the run.
+
+        Every piece of work is checked against the budget just before it is
+        done. A streamed mini-batch is only started when its filter inference
+        *and* one more main-net step still fit; uncertainty sampling and filter
+        training are skipped (not half-done) when they no longer fit.
+        """
+        m = len(idx)
+        step = self._main_step_bound(self.config.batch_size)
+        if self.filter is None:
+            if ledger.spent_macs + step > budget:
+                return False
+            self._account_streamed(idx, ledger)
+            self.queue = torch.cat([self.queue, idx])
+            return self._drain_queue(ledger, budget)
+
+        assert self.filter_cost is not None
+        if ledger.spent_macs + m * self.filter_cost.forward_macs + step > budget:
+            return False
+        self._account_streamed(idx, ledger)
+        x, y = self._fetch(idx)
+        decision = self.filter.decide(x, self.generator)
+        ledger.filter_forward_macs += m * self.filter_cost.forward_macs
+        keep = decision.keep
+        sample = decision.sample
+        ledger.filtered_out += int((~keep).sum())
+        n_sample = int(sample.sum())
+        sample_macs = n_sample * self.main_cost.forward_macs
+        if n_sample and ledger.spent_macs + sample_macs + step <= budget:
+            with torch.no_grad(), frozen_batchnorm_stats(self.model):
+                self.model.train()
+                losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
+            self.filter.observe(
+                x[sample], losses, predicted_high=False, explored=decision.explored[sample]
+            )
+            ledger.uncertainty_sampled += n_sample
+            ledger.sampled_forward_macs += sample_macs
+        self.queue = torch.cat([self.queue, idx[keep.cpu()]])
+        going = self._drain_queue(ledger, budget)
+        filter_macs = self._filter_step_macs(self.filter.pending)
+        if ledger.spent_macs + filter_macs > budget:
+            self.filter.discard_pending()
+            filter_macs = 0
+        ledger.filter_train_macs += filter_macs
+        ledger.filter_steps += self.filter.end_batch(m) > 0
+        return going
+
+    def _account_streamed(self, idx: Tensor, ledger: Ledger) -> None:
+        ledger.streamed += len(idx)
+        ledger.baseline_macs += len(idx) * self.dense_step_macs
+        self.position += len(idx)
+
+    def _drain_queue(self, ledger: Ledger, budget: float) -> bool:
+        """Train every full mini-batch in the queue; False if the budget stopped it."""
+        m = self.config.batch_size
+        while len(self.queue) >= m:
+            if ledger.spent_macs + self._main_step_bound(m) > budget:
+                return False
+            batch, self.queue = self.queue[:m], self.queue[m:]
+            self._train_main(batch, ledger)
+        return True
+
+    def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x, y = self.data.batch(idx, self.generator)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _train_main(self, idx: Tensor, ledger: Ledger) -> None:
+        """One SGD step of the main net on ``idx``; accounts MACs from EMP's choices."""
+        x, y = self._fetch(idx)
+        n = len(idx)
+        self.model.train()
+        losses = F.cross_entropy(self.model(x), y, reduction="none")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        cost = self.main_cost
+        ledger.main_forward_macs += n * cost.forward_macs
+        if self.pruner is None:
+            ledger.main_grad_input_macs += n * cost.grad_input_macs
+            ledger.main_grad_weight_macs += n * cost.grad_weight_macs
+        else:
+            step = self.pruner.pop_step_cost(cost, n)
+            ledger.main_grad_input_macs += step.grad_input_macs
+            ledger.main_grad_weight_macs += step.grad_weight_macs
+            ledger.selection_macs += step.selection_macs
+        ledger.trained += n
+        ledger.steps += 1
+        ledger.loss_sum += float(losses.detach().sum())
+        if self.filter is not None:
+            self.filter.observe(x, losses, predicted_high=True)
+
+    @staticmethod
+    def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Device-local state kept across rounds (not the main net's weights)."""
+        state: dict[str, Any] = {
+            "queue": self.queue.clone(),
+            "position": self.position,
+            "generator": self.generator.get_state(),
+        }
+        if self.filter is not None:
+            state["filter"] = self.filter.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.queue = state["queue"].clone()
+        self.position = int(state["position"])
+        self.generator.set_state(state["generator"])
+        if self.filter is not None and "filter" in state:
+            self.filter.load_state_dict(state["filter"])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: BatchSource,
+    num_instances: int,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on the first ``num_instances``.
+
+    The model is put in eval mode and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    for start in range(0, num_instances, batch_size):
+        idx = torch.arange(start, min(start + batch_size, num_instances))
+        x, y = data.batch(idx, None)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / max(num_instances, 1), loss_sum / max(num_instances, 1)

@@ -1,0 +1,4 @@
+"""Flower ServerApp, the fleet strategy and the simulation runner.
+
+Thin adapters over :mod:`fededge` (scenario, fleet runtime, report).
+"""

@@ -1,0 +1,146 @@
+"""The fededge ServerApp: runs a scenario's rounds with :class:`FleetStrategy`.
+
+``fededge run`` builds the app around an already-loaded scenario
+(:func:`make_server_app`); ``flwr run .`` uses :data:`app`, which reads the
+scenario path from the run config (``[tool.flwr.app.config] scenario``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fededge.fleet import FleetRuntime, transported_weights
+from fededge.report import FleetReport, atomic_write_text
+from fededge.scenario import Scenario, load_scenario
+from server.strategy import FleetStrategy, RoundOutcome
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(out_dir: Path, scenario: Scenario, outcome: RoundOutcome) -> None:
+    """Global weights and the last completed round, written atomically."""
+    folder = out_dir / CHECKPOINT
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".global.tmp{os.getpid()}.npz"
+    arrays = {name: array.numpy() for name, array in outcome.arrays.items()}
+    with tmp.open("wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
+    os.replace(tmp, folder / "global.npz")
+    meta = {"round": outcome.server_round, "digest": scenario.digest, "name": scenario.run.name}
+    atomic_write_text(folder / "state.json", json.dumps(meta) + "\n")
+
+
+def load_checkpoint(out_dir: Path) -> tuple[int, str, ArrayRecord] | None:
+    """``(round, digest, arrays)`` of the last completed round, or None."""
+    folder = out_dir / CHECKPOINT
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        with np.load(folder / "global.npz") as data:
+            arrays = ArrayRecord({k: Array(np.array(data[k])) for k in data.files})
+    except FileNotFoundError:
+        return None
+    return int(meta["round"]), str(meta["digest"]), arrays
+
+
+def run_server(
+    grid: Grid,
+    scenario: Scenario,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    keep_device_state: bool = True,
+) -> FleetReport:
+    """Run every round of ``scenario`` on ``grid``; results go to ``out_dir``."""
+    runtime = FleetRuntime(scenario, load_test=True)
+    tier_names = [t.name for t in scenario.tiers]
+    start_round = 1
+    initial = ArrayRecord(transported_weights(runtime.main_net, runtime.weight_names))
+    report = FleetReport(out_dir, scenario.run.name, tier_names)
+    if resume:
+        checkpoint = load_checkpoint(out_dir)
+        if checkpoint is not None:
+            done, _digest, arrays = checkpoint
+            report = FleetReport.load(out_dir, scenario.run.name, tier_names)
+            report.truncate(done)
+            initial, start_round = arrays, done + 1
+            log.info("resuming %s after round %d", scenario.run.name, done)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> tuple[float, float]:
+        weights = {k: torch.from_numpy(v.numpy()) for k, v in arrays.items()}
+        return runtime.evaluate(weights)
+
+    def after_round(outcome: RoundOutcome) -> None:
+        save_checkpoint(out_dir, scenario, outcome)
+        if on_round is not None:
+            on_round(outcome)
+
+    expected = {
+        k: tuple(v.shape)
+        for k, v in runtime.main_net.state_dict().items()
+        if k in runtime.weight_names
+    }
+    state_dir = str((out_dir / "device_state").resolve()) if keep_device_state else ""
+    strategy = FleetStrategy(
+        scenario,
+        report,
+        evaluate_fn=evaluate_fn,
+        expected=expected,
+        on_round=after_round,
+        state_dir=state_dir,
+    )
+    config = ConfigRecord(
+        {
+            "scenario": scenario.text,
+            "scenario-digest": scenario.digest,
+            "state-dir": state_dir,
+        }
+    )
+    if start_round <= scenario.run.rounds:
+        strategy.run(grid, initial, train_config=config, start_round=start_round)
+    return report
+
+
+def make_server_app(
+    scenario: Scenario,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    result: dict[str, FleetReport] | None = None,
+) -> ServerApp:
+    """A ServerApp bound to a loaded scenario (used by ``fededge run``)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        report = run_server(grid, scenario, out_dir, resume=resume, on_round=on_round)
+        if result is not None:
+            result["report"] = report
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run .``: the scenario path comes from the run config."""
+    path = str(context.run_config.get("scenario", "scenarios/quickstart.toml"))
+    overrides = [s for s in str(context.run_config.get("overrides", "")).split(";") if s]
+    scenario = load_scenario(path, overrides)
+    out_dir = Path(str(context.run_config.get("output-dir", "")) or scenario.output_dir())
+    report = run_server(grid, scenario, out_dir)
+    print(report.summary_text())
