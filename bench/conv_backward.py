@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fededge.error_map import EMPConfig, ErrorMapPruner
+from fededge.error_map import KERNELS, EMPConfig, ErrorMapPruner, Kernels
 
 
 def resnet20() -> nn.Module:
@@ -110,7 +110,7 @@ def train_step(arm: Arm, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float
     return end - start, end_backward - mid
 
 
-def make_arms(model: nn.Module, alpha: float, with_alpha1: bool, autotune: bool) -> list[Arm]:
+def make_arms(model: nn.Module, alpha: float, with_alpha1: bool, kernels: Kernels) -> list[Arm]:
     """Dense, EMP(α) and optionally EMP(1) copies of ``model`` with their own SGD."""
     specs: list[tuple[str, float | None]] = [("dense", None), (f"emp a={alpha:g}", alpha)]
     if with_alpha1 and alpha != 1.0:
@@ -121,7 +121,7 @@ def make_arms(model: nn.Module, alpha: float, with_alpha1: bool, autotune: bool)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         pruner = None
         if keep is not None:
-            pruner = ErrorMapPruner(m, EMPConfig(keep_ratio=keep), autotune=autotune)
+            pruner = ErrorMapPruner(m, EMPConfig(keep_ratio=keep), kernels=kernels)
         arms.append(Arm(name, m, opt, pruner))
     return arms
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="resnet20", choices=["resnet20"])
     parser.add_argument("--no-alpha1", action="store_true", help="skip the EMP α=1 arm")
-    parser.add_argument("--rules", action="store_true", help="EMP without autotuning")
+    parser.add_argument("--kernels", default="autotune", choices=KERNELS, help="EMP kernel plans")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     model = resnet20()
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
-    arms = make_arms(model, args.alpha, not args.no_alpha1, not args.rules)
+    arms = make_arms(model, args.alpha, not args.no_alpha1, args.kernels)
 
     for _ in range(args.warmup):
         for arm in arms:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             arm.conv_total_s.append(sum(sink.values()))
 
     dense, others = arms[0], arms[1:]
-    plans = others[0].pruner.kernels() if others[0].pruner is not None else {}
+    plans = others[0].pruner.kernel_choices() if others[0].pruner is not None else {}
     print(
         f"ResNet-20, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, "
         f"median of {args.repeats} interleaved steps (ms)\n"

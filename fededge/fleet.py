@@ -36,18 +36,7 @@ def eif_config(savers: SaversSection, rounds: int) -> EIFConfig | None:
     s = savers.eif
     if not s.enabled:
         return None
-    return EIFConfig(
-        target_ratio=s.target_ratio,
-        alpha_up=s.alpha_up,
-        alpha_down=s.alpha_down,
-        window=s.window,
-        entropy_threshold=s.entropy_threshold,
-        initial_threshold=s.initial_threshold,
-        lr=s.lr,
-        lr_final=s.lr_final,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-    )
+    return EIFConfig(**s.model_dump(exclude={"enabled"}))
 
 
 def emp_config(savers: SaversSection) -> EMPConfig | None:

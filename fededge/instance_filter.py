@@ -31,9 +31,10 @@ hold the trained share near R_set with a small filter (README, "EIF rules"):
   decision boundary, and the kept share drifts anywhere between 0 and 100%.
   ``"quantile"`` (default): keep when the filter's score (the logit margin
   z_H - z_L, a monotone function of p(H) that does not saturate) is above the
-  ``1 - R_set`` quantile of the scores in its streamed mini-batch -- the same
-  filter and labels, a cut calibrated to R_set. (A cut over the last ``n``
-  mini-batches kept 1.5-3x R_set: the scores drift upward as the filter trains.)
+  top R_set share of the scores in its streamed mini-batch (ties broken at
+  random) -- the same filter and labels, a cut calibrated to R_set. (A cut at
+  the quantile over the last ``n`` mini-batches kept 1.5-3x R_set: the scores
+  drift upward as the filter trains.)
 * ``ratio_estimate = "paper"``: R_TH counts predicted-H and labelled-H
   instances only; with imperfect recall it stays below R_set and T_l falls
   without bound. ``"stream"`` (default) adds the labelled-H instances found by
@@ -93,16 +94,16 @@ class EIFConfig:
     target_ratio: float = 0.2
     alpha_up: float = 1.02
     alpha_down: float = 0.98
-    window: int = 20
+    window: int = 50
     entropy_threshold: float = 0.6
     max_sample_ratio: float = 0.05
-    explore_ratio: float = 0.02
+    explore_ratio: float = 0.05
     initial_threshold: float | None = None
     keep_rule: Literal["quantile", "argmax"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
-    lr: float = 0.1
+    lr: float = 0.03
     lr_final: float | None = None
-    momentum: float = 0.9
+    momentum: float = 0.5
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -163,6 +164,22 @@ class FilterDecision:
     sample: Tensor  # (m,) bool
     explored: Tensor  # (m,) bool
     prob_high: Tensor  # (m,) float
+
+
+def _top_share(score: Tensor, share: float, generator: torch.Generator | None) -> Tensor:
+    """Mask of the top ``share`` of ``score`` (ties broken at random).
+
+    ``share * m`` is rounded stochastically, so the kept share is ``share`` in
+    expectation for any mini-batch size.
+    """
+    m = len(score)
+    u = torch.rand(m + 1, generator=generator)
+    k = int(share * m + float(u[m]))
+    order = torch.argsort(u[:m]).to(score.device)  # random tie-break
+    ranked = order[torch.argsort(score[order], descending=True, stable=True)]
+    keep = torch.zeros(m, dtype=torch.bool, device=score.device)
+    keep[ranked[:k]] = True
+    return keep
 
 
 def binary_entropy(prob_high: Tensor) -> Tensor:
@@ -232,8 +249,7 @@ class InstanceFilter:
         elif cfg.keep_rule == "argmax":
             keep = prob_high > 0.5
         else:
-            cut = torch.quantile(score, 1.0 - cfg.target_ratio)
-            keep = score > cut
+            keep = _top_share(score, cfg.target_ratio, generator)
         dropped = ~keep
         draw = torch.rand(m, generator=generator).to(prob_high.device)
         explored = dropped & (draw < cfg.explore_ratio)

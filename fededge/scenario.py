@@ -127,14 +127,18 @@ class EIFSection(Section):
 
     enabled: StrictBool = False
     target_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.2
-    alpha_up: Annotated[StrictFloat, Field(gt=1)] = 1.05
-    alpha_down: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.95
-    window: PosInt = 10
+    alpha_up: Annotated[StrictFloat, Field(gt=1)] = 1.02
+    alpha_down: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.98
+    window: PosInt = 50
     entropy_threshold: Annotated[StrictFloat, Field(ge=0, le=math.log(2))] = 0.6
-    initial_threshold: PosFloat = 0.5
-    lr: PosFloat = 0.1
+    max_sample_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
+    explore_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
+    initial_threshold: PosFloat | None = None
+    keep_rule: Literal["quantile", "argmax"] = "quantile"
+    ratio_estimate: Literal["stream", "paper"] = "stream"
+    lr: PosFloat = 0.03
     lr_final: PosFloat | None = None
-    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.9
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.5
     weight_decay: NonNegFloat = 1e-4
 
 
