@@ -48,7 +48,10 @@ def backend_config(scenario: Scenario, *, ray_address: str | None = None) -> dic
         cpus = os.cpu_count() or 1
         if sim.max_concurrent is not None:
             cpus = max(1, int(sim.max_concurrent * sim.client_cpus))
-        temp_dir = Path(tempfile.gettempdir()) / f"fededge-ray-{os.getuid()}"
+        temp_dir = Path(
+            os.environ.get("FEDEDGE_RAY_TMPDIR")
+            or Path(tempfile.gettempdir()) / f"fededge-ray-{os.getuid()}"
+        )
         init_args = {
             "num_cpus": cpus,
             "include_dashboard": False,
