@@ -15,6 +15,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -58,6 +59,23 @@ def device_id_of(context: Context) -> int:
     raise KeyError("node_config has no 'partition-id' (simulation) or 'device-id' (deployment)")
 
 
+class InjectedFault(RuntimeError):
+    """Raised on purpose by a device whose tier has ``fail_probability`` > 0."""
+
+
+def _inject_faults(scenario: Scenario, device_id: int, server_round: int) -> None:
+    """The tier's injected faults for this device and round (seeded, reproducible)."""
+    tier = scenario.tier_of(device_id)
+    if not (tier.fail_probability or tier.slow_probability):
+        return
+    rng = np.random.default_rng([scenario.run.seed, device_id, server_round, 13])
+    fail, slow = rng.random(2)
+    if fail < tier.fail_probability:
+        raise InjectedFault(f"injected fault: device {device_id} failed in round {server_round}")
+    if slow < tier.slow_probability:
+        time.sleep(tier.slow_delay_s)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run one round of local training on this device's stream under its budget."""
@@ -72,11 +90,12 @@ def train(msg: Message, context: Context) -> Message:
     state_dir = str(config.get("state-dir", ""))
 
     state, state_round = device_state.load(context.state)
-    if state is None and state_dir:
-        state, state_round = device_state.read_file(state_dir, device_id)
-        if state_round >= server_round:  # never reuse a state from this round or later
-            state = None
+    if state_dir and (state is None or state_round >= server_round):
+        # a resumed run: this process has no state for the device (or a newer one
+        # from the interrupted round); take the newest kept before this round
+        state, state_round = device_state.read_file(state_dir, device_id, server_round)
 
+    _inject_faults(runtime.scenario, device_id, server_round)
     weights = msg.content.array_records["arrays"].to_torch_state_dict()
     result, new_state = runtime.train_round(device_id, weights, server_round, state)
     if not result.dropped:

@@ -53,22 +53,42 @@ def load(records: RecordDict) -> tuple[dict[str, Any] | None, int]:
 
 
 def write_file(directory: str, device_id: int, server_round: int, blob: bytes) -> None:
-    """Atomically write a device's state blob for ``server_round``."""
-    path = Path(directory) / f"device-{device_id}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(server_round.to_bytes(8, "little") + blob)
+    """Atomically write a device's state after ``server_round``.
+
+    One file per round (``device-<id>.r<round>.pt``); all but the newest two
+    of a device are removed. A run interrupted during round r may have written
+    some round-r files; resuming reads the newest file *before* r.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"device-{device_id}.r{server_round}.pt"
+    tmp = folder / f".device-{device_id}.tmp{os.getpid()}"
+    tmp.write_bytes(blob)
     os.replace(tmp, path)
+    for old in _rounds_on_disk(folder, device_id)[:-2]:
+        (folder / f"device-{device_id}.r{old}.pt").unlink(missing_ok=True)
 
 
-def read_file(directory: str, device_id: int) -> tuple[dict[str, Any] | None, int]:
-    """The state blob last written for a device and its round, or ``(None, 0)``."""
-    path = Path(directory) / f"device-{device_id}.pt"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+def read_file(
+    directory: str, device_id: int, before_round: int
+) -> tuple[dict[str, Any] | None, int]:
+    """The newest state a device wrote before ``before_round`` and its round, or ``(None, 0)``."""
+    folder = Path(directory)
+    rounds = [r for r in _rounds_on_disk(folder, device_id) if r < before_round]
+    if not rounds:
         return None, 0
-    return decode(raw[8:]), int.from_bytes(raw[:8], "little")
+    blob = (folder / f"device-{device_id}.r{rounds[-1]}.pt").read_bytes()
+    return decode(blob), rounds[-1]
+
+
+def _rounds_on_disk(folder: Path, device_id: int) -> list[int]:
+    prefix = f"device-{device_id}.r"
+    found = []
+    for path in folder.glob(f"{prefix}*.pt"):
+        digits = path.name[len(prefix) : -len(".pt")]
+        if digits.isdigit():
+            found.append(int(digits))
+    return sorted(found)
 
 
 def _to_torch(value: Any) -> Any:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import statistics
 import time
 import types
 from collections.abc import Iterator
@@ -96,8 +97,8 @@ logger = logging.getLogger(__name__)
 
 _CL = torch.channels_last
 _TUNE_ROUNDS = 3
-Kernels = Literal["autotune", "rule", "aten", "cl", "cl-swap"]
-KERNELS: tuple[str, ...] = ("autotune", "rule", "aten", "cl", "cl-swap")
+Kernels = Literal["autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap"]
+KERNELS: tuple[str, ...] = ("autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap")
 """Accepted values of ``ErrorMapPruner(kernels=...)``."""
 
 
@@ -299,6 +300,13 @@ def _grad_input_transposed(x: Tensor, dk: Tensor, wk: Tensor, g: _Geometry) -> T
     return F.conv_transpose2d(dk, wk, None, g.stride, g.padding, output_padding, 1, g.dilation)
 
 
+def _grad_input_forward(dk: Tensor, wk: Tensor, g: _Geometry) -> Tensor:
+    """Grad-input (stride 1) as conv2d(δ_k, W'), W'[c, j] = flip(W[j, c]), in δ_k's layout."""
+    w_flipped = wk.flip(2, 3).transpose(0, 1)  # (C_in, k, kH, kW)
+    padding = [d * (k - 1) - p for p, d, k in zip(g.padding, g.dilation, g.kernel, strict=True)]
+    return F.conv2d(dk, w_flipped.contiguous(), None, 1, padding, g.dilation)
+
+
 def _grad_weight_direct(x: Tensor, dk: Tensor, wk: Tensor, g: _Geometry) -> Tensor:
     """Grad-weight of the kept filters by convolution_backward, (k, C_in, kH, kW)."""
     xin = x.contiguous(memory_format=_CL)
@@ -353,13 +361,19 @@ def _run_plan(
             False, [0, 0], 1, [need_x, need_w, need_b],
         )  # fmt: skip
         return gi, gw, gb
-    dk = _gather_cl(grad_out, idx)  # (N, k, H, W) channels last
     gi = None
-    if need_x:
-        gi = _grad_input_transposed(x, dk, wk, g).contiguous(memory_format=_layout(x))
+    if plan == "nchw-swap":  # grad-input by a forward conv that reads δ_k in place (NCHW)
+        dk = grad_out if idx is None else grad_out.index_select(1, idx)  # (N, k, H, W)
+        if need_x:
+            gi = _grad_input_forward(dk, wk, g).contiguous(memory_format=_layout(x))
+        dk = dk.contiguous(memory_format=_CL)
+    else:
+        dk = _gather_cl(grad_out, idx)  # (N, k, H, W) channels last
+        if need_x:
+            gi = _grad_input_transposed(x, dk, wk, g).contiguous(memory_format=_layout(x))
     gw = None
     if need_w:
-        gw = (_grad_weight_swapped if plan == "cl-swap" else _grad_weight_direct)(x, dk, wk, g)
+        gw = (_grad_weight_direct if plan == "cl" else _grad_weight_swapped)(x, dk, wk, g)
     gb = dk.sum(dim=(0, 2, 3)) if need_b else None
     return gi, gw, gb
 
@@ -538,6 +552,7 @@ class ErrorMapPruner:
         self.kernels = kernels
         self.enabled = True
         self._plans: dict[tuple[Any, ...], str] = {}
+        self._trials: dict[tuple[Any, ...], dict[str, list[float]]] = {}
         self._layers: dict[str, _Layer] = {}
         self._modules: dict[str, nn.Conv2d] = {}
         for name, geometry in geometries.items():
@@ -676,41 +691,31 @@ class ErrorMapPruner:
             plan = self.kernels
             if plan == "rule":
                 plan = "aten" if idx is None else ("cl-swap" if g.swappable else "cl")
-            elif plan == "cl-swap" and not g.swappable:
+            elif plan in ("cl-swap", "nchw-swap") and not g.swappable:
                 plan = "cl"
             self._plans[key] = plan
-        if plan is None:
-            plan, grads = self._tune(grad_out, x, weight, idx, g, mask)
-            self._plans[key] = plan
-        else:
-            grads = _run_plan(plan, grad_out, x, weight, idx, g, mask)
+        if plan is not None:
+            layer.last_kernel = plan
+            return _run_plan(plan, grad_out, x, weight, idx, g, mask)
+        # Online autotuning: successive backward passes of this case try the plans in
+        # turn, each timed in place (real caches, real neighbours), no extra work.
+        trials = self._trials.setdefault(key, {p: [] for p in _candidates(g)})
+        plan = min(trials, key=lambda p: len(trials[p]))  # the least tried, in order
+        start = time.perf_counter()
+        grads = _run_plan(plan, grad_out, x, weight, idx, g, mask)
+        trials[plan].append(time.perf_counter() - start)
+        if all(len(t) > _TUNE_ROUNDS for t in trials.values()):  # first run of each: warm-up
+            times = {p: statistics.median(t[1:]) for p, t in trials.items()}
+            self._plans[key] = min(times, key=times.__getitem__)
+            del self._trials[key]
+            logger.debug(
+                "EMP plan for x %s, W %s, k=%d: %s (%s)", tuple(x.shape), tuple(weight.shape),
+                layer.k, self._plans[key], ", ".join(f"{p} {1e3 * t:.2f} ms" for p, t in times.items()),
+            )  # fmt: skip
         layer.last_kernel = plan
         return grads
 
-    def _tune(
-        self,
-        grad_out: Tensor,
-        x: Tensor,
-        weight: Tensor,
-        idx: Tensor | None,
-        g: _Geometry,
-        mask: tuple[bool, bool, bool],
-    ) -> tuple[str, _Grads]:
-        """Time every eligible plan; return the fastest and its gradients."""
-        plans = ("aten", "cl", "cl-swap") if g.swappable else ("aten", "cl")
-        best: dict[str, float] = {p: math.inf for p in plans}
-        grads: dict[str, _Grads] = {}
-        for plan in plans:  # warm-up: oneDNN primitive creation, first-touch pages
-            _run_plan(plan, grad_out, x, weight, idx, g, mask)
-        for _ in range(_TUNE_ROUNDS):  # interleaved; the minimum is robust to noise
-            for plan in plans:
-                start = time.perf_counter()
-                grads[plan] = _run_plan(plan, grad_out, x, weight, idx, g, mask)
-                best[plan] = min(best[plan], time.perf_counter() - start)
-        choice = min(plans, key=best.__getitem__)
-        logger.debug(
-            "EMP plan for x %s, W %s, k=%d: %s (%s)", tuple(x.shape), tuple(weight.shape),
-            weight.shape[0] if idx is None else len(idx), choice,
-            ", ".join(f"{p} {1e3 * t:.2f} ms" for p, t in best.items()),
-        )  # fmt: skip
-        return choice, grads[choice]
+
+def _candidates(g: _Geometry) -> tuple[str, ...]:
+    """Plans eligible for a conv geometry (the swapped ones need stride 1)."""
+    return ("aten", "cl", "cl-swap", "nchw-swap") if g.swappable else ("aten", "cl")

@@ -184,8 +184,9 @@ def _top_share(score: Tensor, share: float, generator: torch.Generator | None) -
 
 def binary_entropy(prob_high: Tensor) -> Tensor:
     """Entropy in nats of the filter's two-way prediction (Eq. 4)."""
-    p = prob_high.clamp(1e-12, 1.0 - 1e-12)
-    return -(p * p.log() + (1.0 - p) * (1.0 - p).log())
+    p = prob_high
+    entropy: Tensor = -(torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p))
+    return entropy
 
 
 def weighted_filter_loss(logits: Tensor, labels: Tensor, target_ratio: float) -> Tensor:

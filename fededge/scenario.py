@@ -182,6 +182,11 @@ class TierSection(Section):
     At most one of ``budget_macs``, ``budget_seconds`` (of the profile's
     compute) and ``budget_joules`` is given, per round; none means unlimited.
     ``savers`` overrides the scenario's ``[savers]`` for this tier, key by key.
+
+    Fault injection, per device and round (seeded): ``dropout`` -- the device
+    is unavailable and says so; ``fail_probability`` -- its ClientApp raises;
+    ``slow_probability`` -- it replies ``slow_delay_s`` seconds late (set it
+    above ``server.timeout_s`` to simulate a device that times out).
     """
 
     name: Name
@@ -191,6 +196,9 @@ class TierSection(Section):
     budget_seconds: PosFloat | None = None
     budget_joules: PosFloat | None = None
     dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    fail_probability: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
+    slow_probability: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
+    slow_delay_s: NonNegFloat = 0.0
     arrivals_per_round: PosInt | None = None
     savers: dict[str, Any] | None = None
 
@@ -283,6 +291,9 @@ class Tier:
         self.savers = savers
         self.count = section.count
         self.dropout = section.dropout
+        self.fail_probability = section.fail_probability
+        self.slow_probability = section.slow_probability
+        self.slow_delay_s = section.slow_delay_s
         self.arrivals_per_round = arrivals_per_round
         self.first_device = first_device
 
@@ -541,7 +552,14 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- errors
 def _issues_from_pydantic(exc: ValidationError, raw: Any, prefix: str = "") -> list[ConfigIssue]:
     issues = []
-    for error in exc.errors():
+    errors = exc.errors()
+    nested = [tuple(e["loc"]) for e in errors]
+    for error in errors:
+        here = tuple(error["loc"])
+        if error["type"] == "too_short" and any(
+            len(other) > len(here) and other[: len(here)] == here for other in nested
+        ):
+            continue  # a container is "empty" only because its items failed
         loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         path = _format_path(loc, prefix)
         kind = error["type"]
@@ -567,10 +585,10 @@ def _describe(error: Any) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     table = {
-        "greater_than": f"must be > {ctx.get('gt')}",
-        "greater_than_equal": f"must be >= {ctx.get('ge')}",
-        "less_than": f"must be < {ctx.get('lt')}",
-        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "greater_than": f"must be > {_num(ctx.get('gt'))}",
+        "greater_than_equal": f"must be >= {_num(ctx.get('ge'))}",
+        "less_than": f"must be < {_num(ctx.get('lt'))}",
+        "less_than_equal": f"must be <= {_num(ctx.get('le'))}",
         "int_type": "must be an integer",
         "float_type": "must be a number",
         "bool_type": "must be true or false",
@@ -588,6 +606,10 @@ def _describe(error: Any) -> str:
         return table[kind]
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def _show(value: Any) -> str:

@@ -1,0 +1,195 @@
+"""Scenario loading and validation: every shipped file, every kind of mistake."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fededge.cli import main
+from fededge.errors import ConfigError
+from fededge.scenario import load_scenario, parse_scenario, scenario_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = """
+[run]
+name = "t"
+rounds = 2
+[data]
+dataset = "mnist"
+arrivals_per_round = 64
+[[fleet.tiers]]
+name = "a"
+profile = "rpi4"
+count = 2
+"""
+
+
+@pytest.mark.parametrize("path", scenario_files(ROOT / "scenarios"), ids=lambda p: p.name)
+def test_every_shipped_scenario_loads_and_validates(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.num_devices >= 1
+    assert scenario.run.rounds >= 1
+    assert all(t.count >= 1 for t in scenario.tiers)
+    # the canonical text the server sends to devices parses to the same scenario
+    assert parse_scenario(scenario.text).digest == scenario.digest
+
+
+def test_defaults_and_resolved_tiers() -> None:
+    scenario = parse_scenario(BASE)
+    assert scenario.filter_model == "slim-lenet"
+    assert scenario.tiers[0].profile.name == "rpi4"
+    assert math.isinf(scenario.tiers[0].budget_macs)
+    assert scenario.tier_of(1).name == "a"
+
+
+def test_budget_units_convert_through_the_profile() -> None:
+    text = BASE.replace("count = 2", "count = 2\nbudget_seconds = 0.5")
+    tier = parse_scenario(text).tiers[0]
+    assert tier.budget_macs == pytest.approx(0.5 * tier.profile.macs_per_s)
+    text = BASE.replace("count = 2", "count = 2\nbudget_joules = 2.0")
+    tier = parse_scenario(text).tiers[0]
+    assert tier.budget_macs == pytest.approx(2.0 / tier.profile.joules_per_mac)
+
+
+def test_tier_saver_overrides_merge_key_by_key() -> None:
+    text = (
+        BASE
+        + """
+[savers.eif]
+enabled = true
+target_ratio = 0.3
+[fleet.tiers.savers.eif]
+target_ratio = 0.1
+"""
+    )
+    tier = parse_scenario(text).tiers[0]
+    assert tier.savers.eif.enabled and tier.savers.eif.target_ratio == 0.1
+
+
+def test_overrides_set_values_and_index_arrays() -> None:
+    scenario = parse_scenario(
+        BASE,
+        overrides=[
+            "run.rounds=5",
+            "fleet.tiers[0].count=3",
+            'run.name="x"',
+            "savers.emp.enabled=true",
+        ],
+    )
+    assert scenario.run.rounds == 5 and scenario.num_devices == 3
+    assert scenario.run.name == "x" and scenario.savers.emp.enabled
+
+
+BAD = [
+    # (mutation of BASE, expected path, expected fragment)
+    (("rounds = 2", "rounds = -1"), "run.rounds", "must be >= 1, got -1"),
+    (("rounds = 2", 'rounds = "two"'), "run.rounds", "must be an integer, got 'two'"),
+    (("rounds = 2", "rounds = 2.5"), "run.rounds", "must be an integer, got 2.5"),
+    (("arrivals_per_round = 64", "arrivals_per_round = 0"), "data.arrivals_per_round", ">= 1"),
+    (("count = 2", "count = 2\ndropout = nan"), "fleet.tiers[0].dropout", "finite number, got nan"),
+    (("count = 2", "count = 2\ndropout = 1.5"), "fleet.tiers[0].dropout", "must be < 1"),
+    (
+        ("count = 2", "count = 2\nbudget_macs = -5.0"),
+        "fleet.tiers[0].budget_macs",
+        "must be > 0, got -5.0",
+    ),
+    (("count = 2", "count = 0"), "fleet.tiers[0].count", "must be >= 1, got 0"),
+    (('dataset = "mnist"', 'dataset = "mnits"'), "data.dataset", "did you mean 'mnist'"),
+    (('profile = "rpi4"', 'profile = "rpi5"'), "fleet.tiers[0].profile", "did you mean 'rpi4'"),
+    (("[run]", "[run]\nsede = 1"), "run.sede", "unknown key 'sede'; did you mean 'seed'"),
+    (("[data]", "[dta]\nx=1\n[data]"), "dta", "unknown key 'dta'; did you mean 'data'"),
+    (
+        ('dataset = "mnist"', 'dataset = "mnist"\npartition = "random"'),
+        "data.partition",
+        "must be one of",
+    ),
+    (
+        ("count = 2", "count = 2\nbudget_macs = 1000.0"),
+        "fleet.tiers[0].budget_macs",
+        "cannot train a single mini-batch",
+    ),
+    (
+        ("count = 2", "count = 2\nbudget_macs = 1e9\nbudget_seconds = 1.0"),
+        "fleet.tiers[0]",
+        "at most one of budget_macs",
+    ),
+    (("[run]", '[model]\nmain = "lenet6"\n[run]'), "model.main", "did you mean 'lenet5'"),
+    (("[run]", "[savers.emp]\nkeep_ratio = 0.0\n[run]"), "savers.emp.keep_ratio", "must be > 0"),
+    (("[run]", "[server]\nfraction = 0.0\n[run]"), "server.fraction", "must be > 0"),
+    (("[run]", "[server]\nmin_replies = 9\n[run]"), "server.min_replies", "must be <="),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "fragment"), BAD, ids=[b[1] for b in BAD])
+def test_bad_fields_name_path_value_and_expectation(
+    change: tuple[str, str], path: str, fragment: str
+) -> None:
+    text = BASE.replace(change[0], change[1], 1)
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text)
+    message = str(info.value)
+    assert f"{path}:" in message and fragment in message, message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = BASE.replace("rounds = 2", "rounds = 0\nseed = -1").replace("count = 2", "count = -2")
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text)
+    paths = {issue.path for issue in info.value.issues}
+    assert {"run.rounds", "run.seed", "fleet.tiers[0].count"} <= paths
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[run]\nname = 'x'\n", "[fleet]\ntiers = []\n", "this is = = not toml", ""],
+    ids=["missing-fleet", "empty-fleet", "invalid-toml", "empty-file"],
+)
+def test_structural_mistakes_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_scenario(text)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_scenario(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("change", [b[0] for b in BAD[:6]] + [BAD[8][0], BAD[13][0]])
+def test_cli_exits_2_with_short_message_and_starts_nothing(
+    change: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.replace(change[0], change[1], 1))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fededge: error: invalid scenario") and "Traceback" not in err
+    assert len(err.splitlines()) <= 4
+    assert not out.exists()
+
+
+def test_cli_bad_override_and_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(BASE)
+    assert main(["run", str(path), "--set", "runrounds"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read file" in capsys.readouterr().err
+
+
+def test_console_command_help_version_and_bad_file() -> None:
+    exe = [sys.executable, "-m", "fededge.cli"]
+    assert (
+        "run" in subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True).stdout
+    )
+    version = subprocess.run([*exe, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("fededge ")
+    bad = subprocess.run([*exe, "run", "/nonexistent.toml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,122 @@
+"""The one training loop: exact accounting, savers as switches, budgets, determinism."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor
+
+from fededge.error_map import EMPConfig
+from fededge.flops import model_cost
+from fededge.instance_filter import EIFConfig
+from fededge.models import build_filter, build_model
+from fededge.training import LocalTrainer, TrainConfig
+
+SHAPE = (1, 28, 28)
+
+
+class Synthetic:
+    """A tiny seeded 'dataset' with the loop's batch interface."""
+
+    def __init__(self, n: int = 512) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, *SHAPE, generator=g)
+        self.y = torch.randint(0, 10, (n,), generator=g)
+
+    def batch(self, idx: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+def _trainer(savers: str = "none", seed: int = 0, **kw: object) -> LocalTrainer:
+    torch.manual_seed(seed)
+    net = build_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    filt = build_filter("slim-lenet", in_channels=1, image_size=28) if "eif" in savers else None
+    eif = EIFConfig(target_ratio=0.25) if "eif" in savers else None
+    emp = EMPConfig(keep_ratio=0.5) if "emp" in savers else None
+    return LocalTrainer(
+        net,
+        Synthetic(),
+        SHAPE,
+        TrainConfig(batch_size=32),
+        filter_net=filt,
+        eif=eif,
+        emp=emp,
+        seed=seed,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_plain_sgd_spends_exactly_the_baseline() -> None:
+    trainer = _trainer()
+    cost = model_cost(trainer.model, SHAPE)
+    ledger = trainer.run(torch.arange(256)).ledger
+    assert (ledger.streamed, ledger.trained, ledger.steps) == (256, 256, 8)
+    assert ledger.main_forward_macs == 256 * cost.forward_macs
+    assert ledger.main_grad_input_macs == 256 * cost.grad_input_macs
+    assert ledger.main_grad_weight_macs == 256 * cost.grad_weight_macs
+    assert ledger.spent_macs == ledger.baseline_macs == 256 * cost.training_macs
+    assert ledger.computation_saved == 0.0
+
+
+def test_eif_accounts_every_instance_and_every_mac() -> None:
+    trainer = _trainer("eif")
+    main = model_cost(trainer.model, SHAPE)
+    assert trainer.filter_cost is not None
+    ledger = trainer.run(torch.arange(512), flush=True).ledger
+    kept = ledger.trained
+    assert ledger.streamed == 512
+    assert kept + ledger.filtered_out == 512  # flush trained the queued remainder
+    assert ledger.filter_forward_macs == 512 * trainer.filter_cost.forward_macs
+    assert ledger.sampled_forward_macs == ledger.uncertainty_sampled * main.forward_macs
+    assert ledger.main_forward_macs == kept * main.forward_macs
+    assert ledger.baseline_macs == 512 * main.training_macs
+    assert 0.4 < ledger.computation_saved < 0.9  # ~25% kept plus the filter's overhead
+
+
+def test_emp_cuts_backward_macs_but_not_forward() -> None:
+    dense = _trainer().run(torch.arange(128)).ledger
+    pruned = _trainer("emp").run(torch.arange(128)).ledger
+    assert pruned.main_forward_macs == dense.main_forward_macs
+    assert pruned.main_grad_weight_macs < dense.main_grad_weight_macs
+    assert pruned.main_grad_input_macs < dense.main_grad_input_macs
+    assert pruned.selection_macs > 0
+    assert pruned.spent_macs < pruned.baseline_macs
+
+
+@pytest.mark.parametrize("savers", ["none", "eif+emp"])
+def test_tight_budget_stops_early_and_is_never_exceeded(savers: str) -> None:
+    trainer = _trainer(savers)
+    budget = 3.5 * 32 * trainer.dense_step_macs  # room for about three dense steps
+    result = trainer.run(torch.arange(512), budget_macs=budget)
+    ledger = result.ledger
+    assert ledger.spent_macs <= budget
+    assert ledger.budget_exhausted == 1
+    assert ledger.unprocessed == len(result.leftover) > 0
+    assert ledger.streamed + ledger.unprocessed == 512
+    assert torch.equal(result.leftover, torch.arange(512)[ledger.streamed :])
+
+
+def test_same_seed_same_numbers_and_weights() -> None:
+    a, b = _trainer("eif+emp", seed=3), _trainer("eif+emp", seed=3)
+    la = a.run(torch.arange(384)).ledger
+    lb = b.run(torch.arange(384)).ledger
+    la.wall_s = lb.wall_s = 0.0
+    assert la == lb
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_device_state_round_trips_between_trainers() -> None:
+    first = _trainer("eif")
+    first.run(torch.arange(200))
+    state = copy.deepcopy(first.state_dict())
+    second = _trainer("eif", seed=1)
+    second.load_state_dict(state)
+    assert second.filter is not None and first.filter is not None
+    assert second.filter.threshold == first.filter.threshold
+    assert torch.equal(second.queue, first.queue)
+    assert second.position == first.position == 200
+    for pa, pb in zip(first.filter.net.parameters(), second.filter.net.parameters(), strict=True):
+        assert torch.equal(pa, pb)
