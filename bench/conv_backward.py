@@ -1,24 +1,31 @@
-"""Benchmark: time of the conv backward and of a training step, dense vs EMP.
+"""Benchmark: conv backward time and training-step time, dense autograd vs EMP.
 
-What it measures (CPU, float32, NCHW as the model normally runs):
+What it measures, on the CPU, in float32 and in the memory format the model
+normally uses (NCHW; ``--channels-last`` converts model and data for every arm):
 
 - **per conv layer, in situ**: the wall time of each conv's backward node inside a
-  real ``loss.backward()`` of the whole network, taken between a pre-hook and a
-  post-hook on the node — PyTorch's stock ``ConvolutionBackward0`` (grad-input +
-  grad-weight, dense autograd) for the dense model, the pruned backward (channel
-  scoring, selection, gather, both pruned products, scatter) for the EMP model;
-- **the whole training step** (forward + ``loss.backward()`` + SGD step), without
-  hooks, for the dense model, the EMP model at ``--alpha`` and (unless
-  ``--no-alpha1``) the EMP model at α = 1 (its kernels with nothing pruned).
+  real ``loss.backward()`` of the whole network, from a pre-hook to a post-hook on
+  the node. Dense: PyTorch's stock ``ConvolutionBackward0`` of ``nn.Conv2d``
+  (grad-input + grad-weight). EMP: the whole pruned backward — channel scoring,
+  selection, gathers, both pruned products, layout conversions, scatter;
+- **the whole training step**: forward, ``loss.backward()`` and the SGD step, with
+  no hooks installed, and the backward alone.
 
-The arms run interleaved in one process, step after step, on the same batch and
-the same starting weights; every number is the median over ``--repeats`` steps.
-EMP picks its kernels in its first (warm-up) steps (``autotune``); the kernel each
-layer uses is printed. Timings on a shared machine are noisy: compare the ratios.
+Arms: the dense model, EMP at ``--alpha`` and (unless ``--no-alpha1``) EMP at
+α = 1, i.e. EMP's kernels with nothing pruned. All start from the same weights
+and train on the same batch; they run interleaved, one step each in turn, and
+every number is the median over ``--repeats`` rounds. EMP tunes its kernels in
+its first steps (``--warmup`` must cover them: a few per layer shape); the plan
+each layer ended up with is printed.
+
+On a shared machine another process can take a core in the middle of a round,
+which stalls 2-thread kernels for a scheduler tick; rounds during which other
+processes used CPU (read from ``/proc/stat``, Linux only) are discarded and
+repeated (``--max-rounds``), and the count is printed.
 
 Usage::
 
-    python bench/conv_backward.py --batch 128 --alpha 0.3 --repeats 30 --threads 2
+    python bench/conv_backward.py --batch 128 --alpha 0.3 --repeats 20 --threads 2
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,48 +48,56 @@ from torch import nn
 from fededge.error_map import KERNELS, EMPConfig, ErrorMapPruner, Kernels
 
 
-def resnet20() -> nn.Module:
-    """CIFAR ResNet-20 from :mod:`fededge.models`."""
+def build_model(name: str) -> nn.Module:
+    """The main network under test (CIFAR ResNet from :mod:`fededge.models`)."""
     from fededge.models import cifar_resnet
 
-    return cifar_resnet(20)
+    depth = int(name.removeprefix("resnet"))
+    return cifar_resnet(depth)
 
 
 @dataclass
 class Arm:
-    """One model under test: dense (stock autograd) or EMP."""
+    """One model under test: dense (stock autograd) or EMP at some keep ratio."""
 
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
     pruner: ErrorMapPruner | None = None
-    step_s: list[float] = field(default_factory=list)
-    backward_s: list[float] = field(default_factory=list)
-    layer_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    conv_total_s: list[float] = field(default_factory=list)
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def make_arms(model: nn.Module, alphas: list[float | None], kernels: Kernels) -> list[Arm]:
+    """Copies of ``model`` with their own SGD; ``None`` in ``alphas`` is the dense arm."""
+    arms = []
+    for alpha in alphas:
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        if alpha is None:
+            arms.append(Arm("dense", m, opt))
+        else:
+            pruner = ErrorMapPruner(m, EMPConfig(keep_ratio=alpha), kernels=kernels)
+            arms.append(Arm(f"EMP a={alpha:g}", m, opt, pruner))
+    return arms
 
 
 @contextmanager
 def conv_node_timer(model: nn.Module, sink: dict[str, float]) -> Iterator[None]:
-    """Time each conv's backward node: pre-hook to post-hook on its ``grad_fn``."""
+    """Time each conv's backward node, pre-hook to post-hook on its ``grad_fn``."""
     handles: list[Any] = []
-    node_hooks: list[Any] = []
 
     def on_forward(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
             node = out.grad_fn
             if node is None:
                 return
-            starts: list[float] = []
-
-            def pre(_g: Any) -> None:
-                starts.append(time.perf_counter())
-
-            def post(_gi: Any, _go: Any) -> None:
-                sink[name] = time.perf_counter() - starts[-1]
-
-            node_hooks.append(node.register_prehook(pre))
-            node_hooks.append(node.register_hook(post))
+            start: list[float] = []
+            handles.append(node.register_prehook(lambda _g: start.append(time.perf_counter())))
+            handles.append(
+                node.register_hook(
+                    lambda _gi, _go: sink.__setitem__(name, time.perf_counter() - start[-1])
+                )
+            )
 
         return hook
 
@@ -91,39 +107,47 @@ def conv_node_timer(model: nn.Module, sink: dict[str, float]) -> Iterator[None]:
     try:
         yield
     finally:
-        for h in handles + node_hooks:
+        for h in handles:
             h.remove()
 
 
-def train_step(arm: Arm, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """One SGD step; returns (step seconds, backward seconds)."""
-    start = time.perf_counter()
+def train_step(arm: Arm, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """One SGD step; returns the seconds of forward, backward and the whole step."""
+    t0 = time.perf_counter()
     loss = F.cross_entropy(arm.model(x), y)
+    t1 = time.perf_counter()
     arm.optimizer.zero_grad(set_to_none=True)
-    mid = time.perf_counter()
-    loss.backward()
-    end_backward = time.perf_counter()
+    torch.autograd.backward(loss)
+    t2 = time.perf_counter()
     arm.optimizer.step()
-    end = time.perf_counter()
+    t3 = time.perf_counter()
     if arm.pruner is not None:
         arm.pruner.pop_stats()
-    return end - start, end_backward - mid
+    return {"forward": t1 - t0, "loss.backward()": t2 - t1, "training step": t3 - t0}
 
 
-def make_arms(model: nn.Module, alpha: float, with_alpha1: bool, kernels: Kernels) -> list[Arm]:
-    """Dense, EMP(α) and optionally EMP(1) copies of ``model`` with their own SGD."""
-    specs: list[tuple[str, float | None]] = [("dense", None), (f"emp a={alpha:g}", alpha)]
-    if with_alpha1 and alpha != 1.0:
-        specs.append(("emp a=1", 1.0))
-    arms = []
-    for name, keep in specs:
-        m = copy.deepcopy(model)
-        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        pruner = None
-        if keep is not None:
-            pruner = ErrorMapPruner(m, EMPConfig(keep_ratio=keep), kernels=kernels)
-        arms.append(Arm(name, m, opt, pruner))
-    return arms
+def other_cpu_ticks() -> int | None:
+    """CPU ticks used by all processes but this one so far (None off Linux)."""
+    stat, own = Path("/proc/stat"), Path("/proc/self/stat")
+    if not stat.exists():
+        return None
+    busy = sum(int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:4])
+    fields = own.read_text().rsplit(")", 1)[1].split()
+    return busy - int(fields[11]) - int(fields[12])  # minus own utime + stime
+
+
+def run_round(arms: list[Arm], x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+    """One plain step per arm, then one instrumented step per arm."""
+    out = []
+    for arm in arms:
+        out.append(train_step(arm, x, y))
+    for arm, times in zip(arms, out, strict=True):
+        sink: dict[str, float] = {}
+        with conv_node_timer(arm.model, sink):
+            train_step(arm, x, y)
+        times.update({f"conv:{n}": s for n, s in sink.items()})
+        times["conv backward, sum"] = sum(sink.values())
+    return out
 
 
 def ms(values: list[float]) -> float:
@@ -131,75 +155,92 @@ def ms(values: list[float]) -> float:
     return 1e3 * statistics.median(values)
 
 
+def print_table(arms: list[Arm], args: argparse.Namespace, clean: int, rounds: int) -> None:
+    """The per-layer and whole-step tables, with ratios to the dense arm."""
+    dense, others = arms[0], arms[1:]
+    print(
+        f"{args.model}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}; median of {clean} interleaved "
+        f"rounds ({rounds - clean} discarded: other processes were using the CPU); ms\n"
+    )
+    head = f"{'conv layer':<16}{'shape':<14}{'dense':>8}"
+    head += "".join(f"{a.name:>12}{'ratio':>7}" for a in others)
+    print(head + "".join(f"  plan({a.name})" for a in others))
+    plans = [a.pruner.kernel_choices() if a.pruner else {} for a in others]
+    for name, module in dense.model.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        shape = f"{module.in_channels}->{module.out_channels} s{module.stride[0]}"
+        d = ms(dense.times[f"conv:{name}"])
+        row = f"{name:<16}{shape:<14}{d:>8.2f}"
+        for arm in others:
+            e = ms(arm.times[f"conv:{name}"])
+            row += f"{e:>12.2f}{e / d:>7.2f}"
+        print(
+            row
+            + "".join(
+                f"  {p.get(name, '-'):<{len(a.name) + 6}}"
+                for a, p in zip(others, plans, strict=True)
+            )
+        )
+    print()
+    for label in ("conv backward, sum", "forward", "loss.backward()", "training step"):
+        d = ms(dense.times[label])
+        row = f"{label:<30}{d:>8.2f}"
+        for arm in others:
+            e = ms(arm.times[label])
+            row += f"{e:>12.2f}{e / d:>7.2f}"
+        print(row)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run the interleaved benchmark, print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--alpha", type=float, default=0.3, help="EMP keep ratio")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per arm and mode")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm")
+    parser.add_argument("--repeats", type=int, default=20, help="clean rounds to take medians of")
+    parser.add_argument("--max-rounds", type=int, default=0, help="give up after (0: 4x repeats)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps (kernel tuning)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="resnet20", choices=["resnet20"])
-    parser.add_argument("--no-alpha1", action="store_true", help="skip the EMP α=1 arm")
+    parser.add_argument("--model", default="resnet20", help="resnetN, N = 6n+2")
     parser.add_argument("--kernels", default="autotune", choices=KERNELS, help="EMP kernel plans")
+    parser.add_argument("--no-alpha1", action="store_true", help="skip the EMP a=1 arm")
+    parser.add_argument("--channels-last", action="store_true", help="model and data NHWC")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = resnet20()
+    model = build_model(args.model)
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
-    arms = make_arms(model, args.alpha, not args.no_alpha1, args.kernels)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    alphas: list[float | None] = [None, args.alpha]
+    if not args.no_alpha1 and args.alpha != 1.0:
+        alphas.append(1.0)
+    arms = make_arms(model, alphas, args.kernels)
 
     for _ in range(args.warmup):
         for arm in arms:
             train_step(arm, x, y)
-    for _ in range(args.repeats):
-        for arm in arms:  # plain step: no hooks
-            step_s, backward_s = train_step(arm, x, y)
-            arm.step_s.append(step_s)
-            arm.backward_s.append(backward_s)
-        for arm in arms:  # instrumented step: per-conv backward node times
-            sink: dict[str, float] = {}
-            with conv_node_timer(arm.model, sink):
-                train_step(arm, x, y)
-            for name, seconds in sink.items():
-                arm.layer_s[name].append(seconds)
-            arm.conv_total_s.append(sum(sink.values()))
-
-    dense, others = arms[0], arms[1:]
-    plans = others[0].pruner.kernel_choices() if others[0].pruner is not None else {}
-    print(
-        f"ResNet-20, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, "
-        f"median of {args.repeats} interleaved steps (ms)\n"
-    )
-    head = f"{'conv layer':<16}{'shape':<22}{'dense':>8}"
-    for arm in others:
-        head += f"{arm.name:>12}{'ratio':>7}"
-    print(head + f"  {'kernel (' + others[0].name + ')'}")
-    for name, module in dense.model.named_modules():
-        if not isinstance(module, nn.Conv2d):
-            continue
-        shape = f"{module.in_channels}->{module.out_channels} s{module.stride[0]}"
-        d = ms(dense.layer_s[name])
-        row = f"{name:<16}{shape:<22}{d:>8.2f}"
-        for arm in others:
-            e = ms(arm.layer_s[name])
-            row += f"{e:>12.2f}{e / d:>7.2f}"
-        print(row + f"  {plans.get(name, '')}")
-    rows = [
-        ("conv backward, sum", [a.conv_total_s for a in arms]),
-        ("loss.backward()", [a.backward_s for a in arms]),
-        ("training step", [a.step_s for a in arms]),
-    ]
-    print()
-    for label, series in rows:
-        d = ms(series[0])
-        row = f"{label:<38}{d:>8.2f}"
-        for s in series[1:]:
-            row += f"{ms(s):>12.2f}{ms(s) / d:>7.2f}"
-        print(row)
+    clean = rounds = 0
+    max_rounds = args.max_rounds or 4 * args.repeats
+    while clean < args.repeats and rounds < max_rounds:
+        rounds += 1
+        before = other_cpu_ticks()
+        results = run_round(arms, x, y)
+        after = other_cpu_ticks()
+        if before is not None and after is not None and after - before > 2:
+            continue  # another process ran: this round's timings are not comparable
+        clean += 1
+        for arm, times in zip(arms, results, strict=True):
+            for key, seconds in times.items():
+                arm.times[key].append(seconds)
+    if clean == 0:
+        raise SystemExit(f"no clean round in {rounds}: the machine is busy, try later")
+    print_table(arms, args, clean, rounds)
 
 
 if __name__ == "__main__":

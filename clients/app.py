@@ -1,12 +1,15 @@
 """The fededge ClientApp (Flower Message API): one simulated or real edge device.
 
-A device is built from its partition id (``context.node_config["partition-id"]``)
-and the scenario the server sends with every train message (TOML text; parsed
-once per process and cached by digest, with the datasets, partitions and model
-costs it needs). Its local state lives in ``context.state`` across rounds.
+A device is built from its node config -- ``partition-id`` on a simulated
+device, ``device-id`` (plus optional ``device-profile``, ``tier``, ``data-dir``,
+``data``, ``threads``) on a real one, see :mod:`fededge.deployment` -- and the
+scenario the server sends with every train message (TOML text; parsed once per
+process and cached by digest, with the datasets, partitions and model costs it
+needs). Its local state lives in ``context.state`` across rounds.
 
-Reply: ``arrays`` (the main net's weights after local training) and
-``metrics`` (the round's ledger, simulated time and energy, identity).
+Reply: ``arrays`` (the main net's weights after local training),
+``metrics`` (the round's ledger, simulated time and energy, measured wall
+time, identity) and ``device`` (tier, profile and kind: real or simulated).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import state as device_state
+from fededge.deployment import device_tier, parse_node_config
 from fededge.fleet import FleetRuntime
 from fededge.scenario import Scenario, parse_scenario
 
@@ -35,15 +39,16 @@ class _ProcessCache:
     """
 
     def __init__(self) -> None:
-        self.digest: str | None = None
+        self.key: tuple[str, tuple[str, ...]] | None = None
         self.runtime: FleetRuntime | None = None
 
-    def runtime_for(self, text: str, digest: str) -> FleetRuntime:
-        if self.runtime is None or self.digest != digest:
-            scenario: Scenario = parse_scenario(text, source="<server>")
+    def runtime_for(self, text: str, digest: str, overrides: tuple[str, ...] = ()) -> FleetRuntime:
+        """The runtime of a scenario (with a real device's overrides, e.g. its data_dir)."""
+        if self.runtime is None or self.key != (digest, overrides):
+            scenario: Scenario = parse_scenario(text, source="<server>", overrides=overrides)
             self.runtime = None  # release the old one before loading the new
             self.runtime = FleetRuntime(scenario)
-            self.digest = digest
+            self.key = (digest, overrides)
         return self.runtime
 
 
@@ -57,6 +62,31 @@ def device_id_of(context: Context) -> int:
         if key in config:
             return int(str(config[key]))
     raise KeyError("node_config has no 'partition-id' (simulation) or 'device-id' (deployment)")
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Introduce this node to the server: its device id and tier.
+
+    The server asks every node once before round 1; answering it also loads
+    the scenario's data and nets into this process, so round 1's timings do not
+    include start-up.
+    """
+    config = msg.content.config_records["config"]
+    setup = parse_node_config(context.node_config)
+    runtime = _CACHE.runtime_for(
+        str(config["scenario"]), str(config["scenario-digest"]), tuple(setup.scenario_overrides())
+    )
+    device_id = setup.device_id
+    tier = device_tier(runtime.scenario, setup)
+    metrics = MetricRecord(
+        {
+            "device-id": device_id,
+            "tier-index": [t.name for t in runtime.scenario.tiers].index(tier.name),
+            "real_device": int(setup.real),
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 class InjectedFault(RuntimeError):
@@ -81,11 +111,19 @@ def train(msg: Message, context: Context) -> Message:
     """Run one round of local training on this device's stream under its budget."""
     started = time.perf_counter()
     config = msg.content.config_records["config"]
-    runtime = _CACHE.runtime_for(str(config["scenario"]), str(config["scenario-digest"]))
-    threads = runtime.scenario.simulation.threads_per_client
-    if torch.get_num_threads() != threads:
+    setup = parse_node_config(context.node_config)
+    runtime = _CACHE.runtime_for(
+        str(config["scenario"]), str(config["scenario-digest"]), tuple(setup.scenario_overrides())
+    )
+    device_id = setup.device_id
+    tier = device_tier(runtime.scenario, setup)
+    runtime.configure_device(device_id, tier=tier, local_data=setup.local_data)
+    # a real device trains on all its cores unless told otherwise
+    threads = setup.threads or (
+        None if setup.real else runtime.scenario.simulation.threads_per_client
+    )
+    if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    device_id = device_id_of(context)
     server_round = int(str(config["server-round"]))
     state_dir = str(config.get("state-dir", ""))
 
@@ -103,23 +141,26 @@ def train(msg: Message, context: Context) -> Message:
         if state_dir:
             device_state.write_file(state_dir, device_id, server_round, blob)
 
-    tier = runtime.scenario.tier_of(device_id)
+    content = RecordDict()
+    if not result.dropped:
+        content["arrays"] = ArrayRecord(result.weights)
     metrics: dict[str, int | float | list[int] | list[float]] = {
         **{k: v for k, v in result.ledger.to_metrics().items() if math.isfinite(v)},
         "num-examples": result.ledger.trained,
         "device-id": device_id,
-        "tier-index": runtime.scenario.tiers.index(tier),
+        "tier-index": [t.name for t in runtime.scenario.tiers].index(tier.name),
         "dropped": int(result.dropped),
         "compute_s": result.compute_s,
         "energy_j": result.energy_j,
         "upload_s": result.upload_s,
         "download_s": result.download_s,
         "threshold": result.threshold if math.isfinite(result.threshold) else -1.0,
-        "real_device": int("device-id" in context.node_config),
+        "real_device": int(setup.real),
         "client_wall_s": time.perf_counter() - started,
         "pid": os.getpid(),
     }
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if not result.dropped:
-        content["arrays"] = ArrayRecord(result.weights)
+    content["metrics"] = MetricRecord(metrics)
+    content["device"] = ConfigRecord(
+        {"tier": tier.name, "profile": tier.profile.name, "kind": setup.kind}
+    )
     return Message(content, reply_to=msg)

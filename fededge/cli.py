@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fededge import __version__
+from fededge.cli_calibrate import add_calibrate
+from fededge.cli_deploy import add_deploy
+from fededge.cli_sweep import add_compare, add_report
 from fededge.errors import FedEdgeError
 
 EXIT_USAGE = 2
@@ -55,10 +58,15 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--ray-address",
         default=None,
-        help="join an existing Ray cluster (else RAY_ADDRESS / scenario)",
+        metavar="HOST:PORT",
+        help="join an existing Ray cluster (default: simulation.ray_address, else "
+        "$RAY_ADDRESS; 'local' starts a local Ray)",
     )
     p.add_argument("--client-cpus", type=float, default=None, help="CPUs per simulated client")
     p.add_argument("--max-concurrent", type=int, default=None, help="clients running at once")
+    p.add_argument(
+        "--threads-per-client", type=int, default=None, help="torch threads in each client"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-round progress lines")
     p.set_defaults(handler=cmd_run)
 
@@ -72,6 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"simulation.client_cpus={float(args.client_cpus)}")
     if args.max_concurrent is not None:
         overrides.append(f"simulation.max_concurrent={int(args.max_concurrent)}")
+    if args.threads_per_client is not None:
+        overrides.append(f"simulation.threads_per_client={int(args.threads_per_client)}")
     scenario = load_scenario(args.scenario, overrides)
     out_dir = args.out or scenario.output_dir()
     _check_output_dir(out_dir, scenario.digest, resume=args.resume)
@@ -150,7 +160,12 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="lenet5")
     p.add_argument("--filter", default=None, help="filter net (default: by dataset)")
-    p.add_argument("--savers", default="none", choices=["none", "eif", "emp", "eif+emp"])
+    p.add_argument(
+        "--savers",
+        default="none",
+        choices=["none", "eif", "emp", "eif+emp", "q", "eif+q", "emp+q", "eif+emp+q"],
+        help="q: 8-bit training (fededge.quantize)",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.01)
@@ -203,7 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_run, _add_train]
+_SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_run,
+    _add_train,
+    add_compare,
+    add_report,
+    add_calibrate,
+    add_deploy,
+]
 
 
 def _configure_logging(verbose: bool) -> None:

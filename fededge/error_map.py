@@ -37,25 +37,33 @@ Kernels ("plans"). Which kernels run the pruned backward fastest depends on the
 layer's shape, the batch size and the CPU (``bench/conv_backward.py`` measures
 them). The candidates, all computing on the gathered tensors only:
 
-- ``aten``: PyTorch's ``convolution_backward`` on tensors in δ's layout, both
-  products in one call — what autograd runs for a dense ``nn.Conv2d``. oneDNN
-  pads the k kept channels to blocks of 16, so at small k it saves little.
+- ``aten``: PyTorch's ``convolution_backward`` in δ's layout, both products in
+  one call — what autograd runs for a dense ``nn.Conv2d``. oneDNN pads the k kept
+  channels to blocks of 16, so at small k it saves little.
 - ``cl``: channels-last tensors; grad-input = ``conv_transpose2d(δ_k, W_k)``,
   grad-weight = ``convolution_backward`` for the weights only.
 - ``cl-swap`` (stride 1): as ``cl``, but the weight gradient is taken as the weight
   gradient of the grad-input convolution, whose output channels are the C_in
-  input channels and whose input channels are the k kept ones. It avoids the
-  block padding of k: 2–3x faster than the direct form at k < 16.
+  input channels and whose input channels are the k kept ones: no padding of k
+  to 16, 2–3x faster than the direct form at k < 16.
+- ``nchw-swap`` (stride 1): as ``cl-swap``, but the grad-input is the forward
+  convolution conv2d(δ_k, flip(W_k)ᵀ) on δ_k as gathered (NCHW), which oneDNN
+  reads in place for few input channels: one layout conversion fewer.
 
 The input gradient is handed back in x's memory format (a channels-last error
 map would slow down the batch-norm and ReLU backward that consume it).
-``kernels="autotune"`` (default) times every eligible plan the first time the
-pruner meets a (shape, k, batch size rounded up to a power of two) case — one
-warm-up and three interleaved runs each, fastest minimum wins — and caches the
-choice in the pruner (never in module state). Plans differ only in floating-point
-rounding; ``kernels="rule"`` uses the rule measured on AVX-512 CPUs (``cl-swap``
-where eligible, else ``cl``; ``aten`` when nothing is pruned) without timing, for
-bitwise-reproducible runs; a plan name forces that plan.
+
+``kernels="autotune"`` (default) tunes online: the first backward passes of each
+case (input shape, weight shape, k, batch size rounded up to a power of two,
+dtype, layouts) run the eligible plans in turn, each timed where it runs — real
+caches, real neighbours, no extra work — and after one warm-up and three timed
+runs of every plan the fastest median is kept for that case. The choices live in
+the pruner's :class:`KernelPlans` (shareable between pruners), never in module
+state. Plans differ only in floating-point rounding.
+``kernels="rule"`` needs no timing (bitwise reproducible): ``aten`` when nothing
+is pruned or C_in < 8, ``nchw-swap`` for stride 1 with k < 16, ``cl-swap`` for
+stride 1 with k >= 16, ``cl`` otherwise — what autotuning chose for ResNet-20 on
+a 2-core AVX-512 CPU. A plan name forces that plan where it is eligible.
 """
 
 from __future__ import annotations
@@ -65,7 +73,6 @@ import logging
 import math
 import statistics
 import time
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +93,7 @@ __all__ = [
     "EMPConfig",
     "EMPConfigError",
     "ErrorMapPruner",
+    "KernelPlans",
     "LayerStats",
     "StepCost",
     "channel_scores",
@@ -100,6 +108,22 @@ _TUNE_ROUNDS = 3
 Kernels = Literal["autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap"]
 KERNELS: tuple[str, ...] = ("autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap")
 """Accepted values of ``ErrorMapPruner(kernels=...)``."""
+
+
+class KernelPlans:
+    """Kernel plans learned by autotuning, shareable between pruners.
+
+    A pruner tunes each case once; a training loop that builds a new pruner per
+    round (or per client) can hand the same ``KernelPlans`` to each, e.g. one per
+    process, so the tuning is not repeated. Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.chosen: dict[tuple[Any, ...], str] = {}
+        self.trials: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.chosen)
 
 
 class EMPConfigError(ConfigError, ValueError):
@@ -442,19 +466,25 @@ class _PrunedConv2d(torch.autograd.Function):
         return gi, gw, gb, None
 
 
-def _pruned_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    """Instance ``forward`` of a pruned conv (bound with types.MethodType, deep-copyable)."""
-    layer: _Layer = self._emp_layer  # type: ignore[assignment]
-    if (
-        layer.pruner.enabled
-        and torch.is_grad_enabled()
-        and (x.requires_grad or self.weight.requires_grad)
-    ):
-        out: Tensor = _PrunedConv2d.apply(x, self.weight, self.bias, layer)
-    else:
-        out = nn.Conv2d.forward(self, x)
-    layer.error_elems = out[0].numel()
-    return out
+class _PrunedForward:
+    """The instance ``forward`` of a pruned conv (a plain object: deep-copies and pickles)."""
+
+    def __init__(self, conv: nn.Conv2d, layer: _Layer) -> None:
+        self.conv = conv
+        self.layer = layer
+
+    def __call__(self, x: Tensor) -> Tensor:
+        conv, layer = self.conv, self.layer
+        if (
+            layer.pruner.enabled
+            and torch.is_grad_enabled()
+            and (x.requires_grad or conv.weight.requires_grad)
+        ):
+            out: Tensor = _PrunedConv2d.apply(x, conv.weight, conv.bias, layer)
+        else:
+            out = nn.Conv2d.forward(conv, x)
+        layer.error_elems = out[0].numel()
+        return out
 
 
 # --------------------------------------------------------------------------- the pruner
@@ -505,8 +535,11 @@ class ErrorMapPruner:
         The main network.
     config : EMPConfig
         α, γ_w, γ_e and the exempt layers.
-    kernels : {"autotune", "rule", "aten", "cl", "cl-swap"}
+    kernels : {"autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap"}
         How the backward kernels are chosen (see the module docstring).
+    plans : KernelPlans, optional
+        Where autotuned choices are kept; pass one shared object to reuse them
+        across pruners. Default: a new one, owned by this pruner.
 
     Raises
     ------
@@ -525,7 +558,12 @@ class ErrorMapPruner:
     """
 
     def __init__(
-        self, model: nn.Module, config: EMPConfig, *, kernels: Kernels = "autotune"
+        self,
+        model: nn.Module,
+        config: EMPConfig,
+        *,
+        kernels: Kernels = "autotune",
+        plans: KernelPlans | None = None,
     ) -> None:
         convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         issues = []
@@ -543,7 +581,10 @@ class ErrorMapPruner:
                 geometry, why = _geometry(name, conv)
                 if geometry is None:
                     issues.append(
-                        ConfigIssue(f"conv {name!r}", f"cannot be pruned: {why}; exempt it")
+                        ConfigIssue(
+                            f"conv {name!r}",
+                            f"cannot be pruned: {why}; add {name!r} to EMPConfig.exempt",
+                        )
                     )
                 geometries[name] = geometry
         if issues:
@@ -551,8 +592,7 @@ class ErrorMapPruner:
         self.config = config
         self.kernels = kernels
         self.enabled = True
-        self._plans: dict[tuple[Any, ...], str] = {}
-        self._trials: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+        self.plans = plans if plans is not None else KernelPlans()
         self._layers: dict[str, _Layer] = {}
         self._modules: dict[str, nn.Conv2d] = {}
         for name, geometry in geometries.items():
@@ -562,8 +602,7 @@ class ErrorMapPruner:
                 name, geometry, conv.out_channels, num_kept(config.keep_ratio, conv.out_channels),
                 self,
             )  # fmt: skip
-            conv._emp_layer = layer  # type: ignore[assignment]
-            conv.forward = types.MethodType(_pruned_forward, conv)  # type: ignore[method-assign]
+            conv.forward = _PrunedForward(conv, layer)  # type: ignore[method-assign,assignment]
             self._layers[name] = layer
             self._modules[name] = conv
         logger.debug("EMP on %d convs, %d exempt", len(self._layers), len(exempt))
@@ -573,7 +612,6 @@ class ErrorMapPruner:
         """Give every conv its original forward (and dense backward) back; idempotent."""
         for conv in self._modules.values():
             conv.__dict__.pop("forward", None)
-            conv.__dict__.pop("_emp_layer", None)
         self._modules.clear()
         self._layers.clear()
 
@@ -607,7 +645,7 @@ class ErrorMapPruner:
         }
 
     def kernel_choices(self) -> dict[str, str]:
-        """Plan (``aten``, ``cl``, ``cl-swap``) each conv used in its last backward."""
+        """Plan (``aten``, ``cl``, ``cl-swap``, ``nchw-swap``) each conv used last."""
         return {n: la.last_kernel for n, la in self._layers.items() if la.last_kernel}
 
     # ------------------------------------------------------------------ accounting
@@ -684,36 +722,46 @@ class ErrorMapPruner:
         n = x.shape[0]
         key = (
             tuple(x.shape[1:]), 1 << (n - 1).bit_length(), tuple(weight.shape), g, layer.k, mask,
-            x.dtype, _layout(x), _layout(grad_out),
+            x.dtype, _layout(x) == _CL, _layout(grad_out) == _CL,
         )  # fmt: skip
-        plan = self._plans.get(key)
+        plan = self.plans.chosen.get(key)
         if plan is None and self.kernels != "autotune":
             plan = self.kernels
             if plan == "rule":
-                plan = "aten" if idx is None else ("cl-swap" if g.swappable else "cl")
+                plan = _rule(g, layer.k, layer.c_out, x.shape[1])
             elif plan in ("cl-swap", "nchw-swap") and not g.swappable:
                 plan = "cl"
-            self._plans[key] = plan
+            self.plans.chosen[key] = plan
         if plan is not None:
             layer.last_kernel = plan
             return _run_plan(plan, grad_out, x, weight, idx, g, mask)
         # Online autotuning: successive backward passes of this case try the plans in
         # turn, each timed in place (real caches, real neighbours), no extra work.
-        trials = self._trials.setdefault(key, {p: [] for p in _candidates(g)})
+        trials = self.plans.trials.setdefault(key, {p: [] for p in _candidates(g)})
         plan = min(trials, key=lambda p: len(trials[p]))  # the least tried, in order
         start = time.perf_counter()
         grads = _run_plan(plan, grad_out, x, weight, idx, g, mask)
         trials[plan].append(time.perf_counter() - start)
         if all(len(t) > _TUNE_ROUNDS for t in trials.values()):  # first run of each: warm-up
             times = {p: statistics.median(t[1:]) for p, t in trials.items()}
-            self._plans[key] = min(times, key=times.__getitem__)
-            del self._trials[key]
+            self.plans.chosen[key] = min(times, key=times.__getitem__)
+            del self.plans.trials[key]
+            report = ", ".join(f"{p} {1e3 * t:.2f} ms" for p, t in times.items())
             logger.debug(
                 "EMP plan for x %s, W %s, k=%d: %s (%s)", tuple(x.shape), tuple(weight.shape),
-                layer.k, self._plans[key], ", ".join(f"{p} {1e3 * t:.2f} ms" for p, t in times.items()),
+                layer.k, self.plans.chosen[key], report,
             )  # fmt: skip
         layer.last_kernel = plan
         return grads
+
+
+def _rule(g: _Geometry, k: int, c_out: int, c_in: int) -> str:
+    """The plan ``kernels="rule"`` picks (see the module docstring)."""
+    if k == c_out or c_in < 8:
+        return "aten"
+    if g.swappable:
+        return "nchw-swap" if k < 16 else "cl-swap"
+    return "cl"
 
 
 def _candidates(g: _Geometry) -> tuple[str, ...]:

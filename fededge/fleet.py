@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from fededge.data import ImageDataset, dataset_info, load_dataset
-from fededge.error_map import EMPConfig
+from fededge.error_map import EMPConfig, KernelPlans
 from fededge.flops import ModelCost, model_cost
 from fededge.instance_filter import EIFConfig
 from fededge.ledger import Ledger
 from fededge.models import build_filter, build_model
+from fededge.quantize import QuantConfig
 from fededge.scenario import SaversSection, Scenario, Tier, data_dir_of
 from fededge.streams import DeviceStream, partition
 from fededge.training import LocalTrainer, TrainConfig, evaluate
@@ -50,6 +51,14 @@ def emp_config(savers: SaversSection) -> EMPConfig | None:
         gamma_error=s.gamma_error,
         exempt=tuple(s.exempt),
     )
+
+
+def quant_config(savers: SaversSection) -> QuantConfig | None:
+    """The quantized-training parameters of a saver section (None when it is off)."""
+    s = savers.quant
+    if not s.enabled:
+        return None
+    return QuantConfig(**s.model_dump(exclude={"enabled"}))
 
 
 def train_config(scenario: Scenario) -> TrainConfig:
@@ -131,6 +140,15 @@ class FleetRuntime:
         self.main_cost = model_cost(self.main_net, self.input_shape)
         self.filter_cost = model_cost(self.filter_net, self.input_shape)
         self.weight_names = transported_names(self.main_net)
+        self._device_tiers: dict[int, Tier] = {}
+        self._local_data: set[int] = set()
+        self._model_bytes: int = sum(
+            int(v.numel()) * 4
+            for k, v in self.main_net.state_dict().items()
+            if k in self.weight_names
+        )
+        # EMP's kernel choices, tuned once per process for every device it hosts.
+        self.emp_plans = KernelPlans()
 
     @cached_property
     def train_data(self) -> ImageDataset:
@@ -176,16 +194,43 @@ class FleetRuntime:
 
     def model_bytes(self) -> int:
         """Bytes of the transported main-net weights (float32)."""
-        params = self.main_net.state_dict()
-        return sum(params[name].numel() * 4 for name in self.weight_names)
+        return self._model_bytes
 
     # -------------------------------------------------------------- devices
+    def configure_device(
+        self, device_id: int, *, tier: Tier | None = None, local_data: bool = False
+    ) -> None:
+        """Let a (real) device train under ``tier`` and/or on all of its training data.
+
+        ``tier`` replaces the tier of ``device_id`` (e.g. the same budget with
+        the device's own profile, see :func:`fededge.deployment.device_tier`);
+        ``local_data`` streams the whole training set instead of the device's
+        partition (a device with its own data).
+        """
+        if tier is None:
+            self._device_tiers.pop(device_id, None)
+        else:
+            self._device_tiers[device_id] = tier
+        if local_data:
+            self._local_data.add(device_id)
+        else:
+            self._local_data.discard(device_id)
+
+    def tier_of(self, device_id: int) -> Tier:
+        """The tier device ``device_id`` trains under (see :meth:`configure_device`)."""
+        return self._device_tiers.get(device_id) or self.scenario.tier_of(device_id)
+
     def stream(self, device_id: int) -> DeviceStream:
         """Device ``device_id``'s stream (fresh state)."""
-        tier = self.scenario.tier_of(device_id)
+        tier = self.tier_of(device_id)
         data = self.scenario.data
+        indices = (
+            np.arange(len(self.train_data))
+            if device_id in self._local_data
+            else self.partitions[device_id]
+        )
         return DeviceStream(
-            indices=self.partitions[device_id],
+            indices=indices,
             rate=tier.arrivals_per_round,
             seed=self.scenario.run.seed * 1_000_003 + device_id,
             passes=data.passes,
@@ -207,7 +252,7 @@ class FleetRuntime:
         optimizer, T_l and R_TH window.
         """
         scenario = self.scenario
-        tier = scenario.tier_of(device_id)
+        tier = self.tier_of(device_id)
         profile = tier.profile
         seed = scenario.run.seed
         rng = np.random.default_rng([seed, device_id, server_round, 7])
@@ -232,7 +277,7 @@ class FleetRuntime:
         filter_net = None
         if eif is not None:
             filter_net = self.filter_net
-            if state is None or "filter" not in state:
+            if not state or "filter" not in state["trainer"]:  # else the state restores it
                 filter_net.load_state_dict(self.initial_filter_state(device_id))
         trainer = LocalTrainer(
             self.main_net,
@@ -245,10 +290,12 @@ class FleetRuntime:
             seed=int(rng.integers(2**62)),
             main_cost=self.main_cost,
             filter_cost=self.filter_cost,
+            emp_plans=self.emp_plans,
+            quant=quant_config(tier.savers),
         )
         trainer.set_lr(scenario.train.lr_at_round(server_round, scenario.run.rounds))
         stream = self.stream(device_id)
-        if state is not None:
+        if state:  # None or {} (a device that dropped out before its first round)
             stream.load_state(state["stream"])
             trainer.load_state_dict(state["trainer"])
         if trainer.filter is not None and eif is not None and eif.lr_final is not None:

@@ -89,6 +89,10 @@ class EIFConfig:
     lr_final : learning rate reached linearly by the end of the stream (None: constant).
     momentum : momentum of the filter's optimizer.
     weight_decay : weight decay of the filter's optimizer.
+    min_batch : the filter trains (one SGD step) once this many labelled
+        instances are waiting -- after every main-net mini-batch when it is at
+        most the main batch size. Training on a handful of uncertain samples
+        per streamed batch cost more in per-step overhead than it taught.
     """
 
     target_ratio: float = 0.2
@@ -105,6 +109,7 @@ class EIFConfig:
     lr_final: float | None = None
     momentum: float = 0.5
     weight_decay: float = 1e-4
+    min_batch: int = 32
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,6 +121,8 @@ class EIFConfig:
             problems.append(f"alpha_down must be in (0, 1), got {self.alpha_down!r}")
         if self.window < 1:
             problems.append(f"window must be >= 1, got {self.window!r}")
+        if self.min_batch < 1:
+            problems.append(f"min_batch must be >= 1, got {self.min_batch!r}")
         if not 0.0 <= self.entropy_threshold <= math.log(2):
             problems.append(
                 f"entropy_threshold must be in [0, ln 2 = 0.693], got {self.entropy_threshold!r}"
@@ -211,8 +218,9 @@ class InstanceFilter:
 
     The training loop calls :meth:`decide` on each streamed mini-batch,
     :meth:`observe` whenever main-net losses become known (trained batches and
-    sampled instances), and :meth:`end_batch` once per streamed mini-batch,
-    which trains the filter on what was observed and updates T_l.
+    sampled instances), :meth:`train_pending` when the filter is :attr:`ready`
+    (after each main-net mini-batch, in practice) and :meth:`end_batch` once per
+    streamed mini-batch, which updates T_l.
     """
 
     def __init__(self, net: nn.Module, config: EIFConfig) -> None:
@@ -303,23 +311,28 @@ class InstanceFilter:
         return sum(len(t) for t in self._labels)
 
     # ------------------------------------------------------------- end batch
-    def end_batch(self, streamed: int) -> int:
-        """Close a streamed mini-batch: train the filter once, update T_l.
+    @property
+    def ready(self) -> bool:
+        """True when at least ``min_batch`` labelled instances wait for training."""
+        return self.pending >= self.config.min_batch
 
-        Returns the number of instances the filter trained on (0 if none were observed).
-        """
-        trained = 0
-        if self._labels:
-            x = torch.cat(self._inputs)
-            labels = torch.cat(self._labels)
-            self._inputs.clear()
-            self._labels.clear()
-            self.net.train()
-            loss = weighted_filter_loss(self.net(x), labels, self.config.target_ratio)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
-            trained = len(labels)
+    def train_pending(self) -> int:
+        """One SGD step of the filter on every labelled instance waiting; returns how many."""
+        if not self._labels:
+            return 0
+        x = torch.cat(self._inputs)
+        labels = torch.cat(self._labels)
+        self._inputs.clear()
+        self._labels.clear()
+        self.net.train()
+        loss = weighted_filter_loss(self.net(x), labels, self.config.target_ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return len(labels)
+
+    def end_batch(self, streamed: int) -> None:
+        """Close a streamed mini-batch of ``streamed`` instances: update R_TH and T_l (Eq. 1-3)."""
         self._window.append((streamed, self._high_pending))
         self._high_pending = 0.0
         if not math.isnan(self.threshold):
@@ -327,7 +340,6 @@ class InstanceFilter:
                 self.threshold *= self.config.alpha_up
             else:
                 self.threshold *= self.config.alpha_down
-        return trained
 
     @property
     def true_high_ratio(self) -> float:

@@ -11,6 +11,15 @@ where ``spent_macs`` includes every overhead of the savers (filter inference,
 filter training, uncertainty-sampled forwards, channel selection) and
 ``baseline_macs`` is what plain SGD would have spent training on the same
 streamed instances (dense forward + backward of the main net).
+
+With quantized training (:mod:`fededge.quantize`) the MAC counts stay exact and
+unchanged; the ledger also records the MACs done with low-bit operands, by
+product, and ``precision_saved_macs``, the 32-bit-equivalent MACs they save
+under the rule "a MAC of a-bit by b-bit operands costs a·b/32² of a 32x32 MAC"
+(8x8: 1/16, 8x16: 1/8)::
+
+    spent_macs_32eq        = spent_macs - precision_saved_macs
+    computation_saved_32eq = 1 - spent_macs_32eq / baseline_macs   (baseline: 32-bit SGD)
 """
 
 from __future__ import annotations
@@ -46,6 +55,11 @@ class Ledger:
     steps : optimizer steps of the main net.
     filter_steps : optimizer steps of the filter net.
     *_macs : MACs by kind; ``baseline_macs`` = plain SGD on ``streamed``.
+    lowbit_*_macs : the part of the forward, grad-input and grad-weight MACs
+        (main net, sampled forwards and filter net together) done with quantized
+        operands; a subset of the spent MACs, not added to them.
+    precision_saved_macs : 32-bit-equivalent MACs those low-bit MACs saved
+        (see :mod:`fededge.quantize` for the conversion rule).
     budget_macs : the budget this run had (``inf`` when unlimited).
     budget_exhausted : 1 when the run stopped because the budget was spent.
     loss_sum : sum of the main net's per-instance training losses.
@@ -68,6 +82,10 @@ class Ledger:
     main_grad_weight_macs: int = 0
     selection_macs: int = 0
     baseline_macs: int = 0
+    lowbit_forward_macs: int = 0
+    lowbit_grad_input_macs: int = 0
+    lowbit_grad_weight_macs: int = 0
+    precision_saved_macs: float = 0.0
     budget_macs: float = math.inf
     budget_exhausted: int = 0
     loss_sum: float = 0.0
@@ -97,6 +115,23 @@ class Ledger:
         return 1.0 - self.spent_macs / self.baseline_macs
 
     @property
+    def lowbit_macs(self) -> int:
+        """MACs done with quantized operands (all products)."""
+        return self.lowbit_forward_macs + self.lowbit_grad_input_macs + self.lowbit_grad_weight_macs
+
+    @property
+    def spent_macs_32eq(self) -> float:
+        """Spent cost in 32-bit-equivalent MACs: ``spent_macs - precision_saved_macs``."""
+        return self.spent_macs - self.precision_saved_macs
+
+    @property
+    def computation_saved_32eq(self) -> float:
+        """``1 - spent_32eq / baseline`` (baseline: 32-bit SGD; 0.0 when nothing streamed)."""
+        if self.baseline_macs <= 0:
+            return 0.0
+        return 1.0 - self.spent_macs_32eq / self.baseline_macs
+
+    @property
     def mean_loss(self) -> float:
         """Mean training loss of the main net over trained instances (nan if none)."""
         return self.loss_sum / self.trained if self.trained else math.nan
@@ -119,6 +154,8 @@ class Ledger:
         out: dict[str, float] = {k: float(v) for k, v in asdict(self).items()}
         out["spent_macs"] = float(self.spent_macs)
         out["computation_saved"] = self.computation_saved
+        out["spent_macs_32eq"] = self.spent_macs_32eq
+        out["computation_saved_32eq"] = self.computation_saved_32eq
         return out
 
     @classmethod

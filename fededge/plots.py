@@ -1,7 +1,8 @@
-"""PNG plots of fleet reports (matplotlib, headless Agg backend)."""
+"""PNG plots of fleet reports and budget sweeps (matplotlib, headless Agg backend)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -52,3 +53,136 @@ def fleet_plots(rounds: pd.DataFrame, tiers: pd.DataFrame, out_dir: Path, *, tit
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, out_dir / "saving_per_tier.png")
+
+
+# --------------------------------------------------------------------------- sweeps
+SAVER_COLORS = {"none": "tab:gray", "eif": "tab:blue", "emp": "tab:orange", "eif+emp": "tab:green"}
+
+
+def compare_plots(
+    variants: pd.DataFrame,
+    rounds: dict[str, pd.DataFrame],
+    tiers: pd.DataFrame,
+    out_dir: Path,
+    *,
+    title: str,
+    target: float | None = None,
+) -> list[Path]:
+    """The plots of a budget sweep (see :mod:`fededge.compare`); returns the files written.
+
+    * ``accuracy_vs_macs.png``: accuracy against cumulative fleet MACs, one
+      panel per budget level, one curve per saver setting, a point per round;
+    * ``accuracy_vs_budget.png``: final accuracy against the budget level;
+    * ``saving_per_tier.png``: computation saved per tier and budget level,
+      one panel per saver setting other than ``none`` (which saves 0%).
+    """
+    written: list[Path] = []
+    have = variants[variants["status"] != "missing"] if len(variants) else variants
+    if have.empty:
+        return written
+    levels = sorted(dict.fromkeys(have["budget"]))
+    settings = list(dict.fromkeys(have["savers"]))
+
+    # accuracy vs fleet MACs: one panel per budget level
+    ncols = min(len(levels), 4)
+    nrows = math.ceil(len(levels) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False
+    )
+    for ax, level in zip(axes.flat, levels, strict=False):
+        for setting in settings:
+            row = have[(have["budget"] == level) & (have["savers"] == setting)]
+            frame = rounds.get(str(row["variant"].iloc[0])) if len(row) else None
+            if frame is None or frame.empty:
+                continue
+            ev = frame.dropna(subset=["accuracy"])
+            ax.plot(
+                ev["cum_spent_macs"],
+                100 * ev["accuracy"],
+                marker="o",
+                ms=3.5,
+                color=SAVER_COLORS.get(setting),
+                label=setting,
+            )
+        if target is not None:
+            ax.axhline(100 * target, color="black", ls=":", lw=1, label="target")
+        ax.set_title(f"budget {level:g}x")
+        ax.set_xlabel("fleet MACs spent (cumulative)")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(levels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    axes.flat[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{title}: accuracy vs fleet MACs (points = rounds)")
+    _save(fig, out_dir / "accuracy_vs_macs.png")
+    written.append(out_dir / "accuracy_vs_macs.png")
+
+    # final accuracy vs budget level
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting in settings:
+        rows = have[have["savers"] == setting].sort_values("budget")
+        ax.plot(
+            rows["budget"],
+            100 * rows["final_accuracy"],
+            marker="o",
+            color=SAVER_COLORS.get(setting),
+            label=setting,
+        )
+    if target is not None:
+        ax.axhline(100 * target, color="black", ls=":", lw=1, label="target")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [f"{level:g}x" for level in levels])
+    ax.minorticks_off()
+    ax.set_xlabel("budget level (x every tier's budget)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"{title}: accuracy vs budget")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, out_dir / "accuracy_vs_budget.png")
+    written.append(out_dir / "accuracy_vs_budget.png")
+
+    # saving per tier: one panel per saver setting other than none
+    path = out_dir / "saving_per_tier.png"
+    savers_on = [s for s in settings if s != "none"]
+    if not savers_on or tiers.empty:
+        path.unlink(missing_ok=True)
+        return written
+    tier_names = list(dict.fromkeys(tiers["tier"]))
+    ncols = min(len(savers_on), 3)
+    nrows = math.ceil(len(savers_on) / ncols)
+    panel_w = max(3.8, 0.35 * len(tier_names) * len(levels) + 1.5)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_w * ncols + 1.0, 3.6 * nrows), sharey=True, squeeze=False
+    )
+    width = 0.8 / len(levels)
+    cmap = plt.get_cmap("viridis")
+    for ax, setting in zip(axes.flat, savers_on, strict=False):
+        for j, level in enumerate(levels):
+            t = tiers[(tiers["savers"] == setting) & (tiers["budget"] == level)]
+            saved = [
+                float(t.loc[t["tier"] == name, "computation_saved"].iloc[0])
+                if (t["tier"] == name).any()
+                else math.nan
+                for name in tier_names
+            ]
+            xs = [i + (j - (len(levels) - 1) / 2) * width for i in range(len(tier_names))]
+            color = cmap(0.15 + 0.7 * j / max(1, len(levels) - 1))
+            bars = ax.bar(xs, [100 * v for v in saved], width, label=f"{level:g}x", color=color)
+            if len(levels) * len(tier_names) <= 16:
+                ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        ax.set_xticks(range(len(tier_names)), tier_names)
+        ax.set_ylim(0, 100)
+        ax.set_title(setting)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes.flat[len(savers_on) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("computation saved (%)")
+    axes[0, ncols - 1].legend(
+        title="budget", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )
+    fig.suptitle(f"{title}: saving per tier")
+    _save(fig, path)
+    written.append(path)
+    return written

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def device_row(
     ledger = Ledger.from_metrics({**row, "budget_macs": row["budget_macs"]})
     row["spent_macs"] = float(ledger.spent_macs)
     row["computation_saved"] = ledger.computation_saved
+    row["spent_macs_32eq"] = ledger.spent_macs_32eq  # 32-bit-equivalent (fededge.quantize)
+    row["computation_saved_32eq"] = ledger.computation_saved_32eq
     for name in ("compute_s", "energy_j", "upload_s", "download_s", "client_wall_s"):
         row[name] = float(m.get(name, 0.0))
     row["threshold"] = float(m["threshold"]) if m.get("threshold", -1.0) >= 0 else math.nan
@@ -94,17 +97,29 @@ class FleetReport:
     out_dir : output folder (created).
     name : scenario name (for titles).
     tiers : tier names in scenario order.
-    plots : draw PNG plots after every round.
+    plots : draw PNG plots when the tables are written.
+    plot_every_s : draw them at most this often (seconds of wall time; the
+        tables are always written); :meth:`flush` draws any that are behind.
+        Drawing takes ~0.5 s, which fast rounds of large fleets should not pay each time.
     """
 
     def __init__(
-        self, out_dir: str | Path, name: str, tiers: Iterable[str], *, plots: bool = True
+        self,
+        out_dir: str | Path,
+        name: str,
+        tiers: Iterable[str],
+        *,
+        plots: bool = True,
+        plot_every_s: float = 0.0,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.tier_names = list(tiers)
         self.plots = plots
+        self.plot_every_s = plot_every_s
+        self._plotted_at = -math.inf  # time.monotonic() of the last drawing
+        self._plots_behind = False
         self.rounds: list[dict[str, Any]] = []
         self.devices: list[dict[str, Any]] = []
 
@@ -139,6 +154,7 @@ class FleetReport:
             "budget_exhausted",
             *MAC_FIELDS,
             "baseline_macs",
+            "precision_saved_macs",
         ):
             row[name] = float(ok[name].sum()) if len(ok) else 0.0
         budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
@@ -151,6 +167,15 @@ class FleetReport:
             prev["cum_baseline_macs"] if prev else 0.0
         )
         row["cum_computation_saved"] = _ratio_saved(row["cum_spent_macs"], row["cum_baseline_macs"])
+        # 32-bit-equivalent cost: low-bit MACs at a·b/32² of a 32x32 MAC (fededge.quantize).
+        row["spent_macs_32eq"] = row["spent_macs"] - row["precision_saved_macs"]
+        row["computation_saved_32eq"] = _ratio_saved(row["spent_macs_32eq"], row["baseline_macs"])
+        row["cum_spent_macs_32eq"] = row["spent_macs_32eq"] + (
+            prev.get("cum_spent_macs_32eq", prev["cum_spent_macs"]) if prev else 0.0
+        )
+        row["cum_computation_saved_32eq"] = _ratio_saved(
+            row["cum_spent_macs_32eq"], row["cum_baseline_macs"]
+        )
         row["accuracy"] = math.nan if accuracy is None else accuracy
         row["loss"] = math.nan if loss is None else loss
         row["sim_round_s"] = float(ok["round_time_s"].max()) if len(ok) else 0.0
@@ -191,6 +216,9 @@ class FleetReport:
             "spent_macs": float(last["cum_spent_macs"]),
             "baseline_macs": float(last["cum_baseline_macs"]),
             "computation_saved": float(last["cum_computation_saved"]),
+            "computation_saved_32eq": float(
+                last.get("cum_computation_saved_32eq", last["cum_computation_saved"])
+            ),
             "energy_j": float(last["cum_energy_j"]),
             "sim_time_s": float(last["cum_sim_s"]),
             "trained": float(rounds["trained"].sum()),
@@ -219,16 +247,34 @@ class FleetReport:
             out / "summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n"
         )
         if self.plots:
-            from fededge.plots import fleet_plots
+            self._plots_behind = True
+            if time.monotonic() - self._plotted_at >= self.plot_every_s:
+                self._plot(rounds, tiers)
 
-            fleet_plots(rounds, tiers, out, title=self.name)
+    def flush(self) -> None:
+        """Draw the plots if rounds were recorded since they were last drawn."""
+        if self.plots and self._plots_behind:
+            self._plot(self.rounds_frame(), self.tiers_frame())
+
+    def _plot(self, rounds: pd.DataFrame, tiers: pd.DataFrame) -> None:
+        from fededge.plots import fleet_plots
+
+        fleet_plots(rounds, tiers, self.out_dir, title=self.name)
+        self._plotted_at = time.monotonic()
+        self._plots_behind = False
 
     @classmethod
     def load(
-        cls, out_dir: str | Path, name: str, tiers: Iterable[str], *, plots: bool = True
+        cls,
+        out_dir: str | Path,
+        name: str,
+        tiers: Iterable[str],
+        *,
+        plots: bool = True,
+        plot_every_s: float = 0.0,
     ) -> FleetReport:
         """A report continuing the tables already in ``out_dir`` (for ``--resume``)."""
-        report = cls(out_dir, name, tiers, plots=plots)
+        report = cls(out_dir, name, tiers, plots=plots, plot_every_s=plot_every_s)
         rounds_csv, devices_csv = report.out_dir / "rounds.csv", report.out_dir / "devices.csv"
         if rounds_csv.exists() and devices_csv.exists():
             report.rounds = _records(pd.read_parquet(report.out_dir / "rounds.parquet"))

@@ -16,6 +16,8 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
     [savers.eif]   enabled, target_ratio, alpha_up, alpha_down, window, entropy_threshold,
                    initial_threshold, lr, lr_final, momentum, weight_decay
     [savers.emp]   enabled, keep_ratio, gamma_weight, gamma_error, exempt
+    [savers.quant] enabled, weight_bits, activation_bits, error_bits, grad_bits, stochastic,
+                   range_bn, weight_per_channel, exempt, include_filter
     [[fleet.tiers]] name, profile, count, budget_macs | budget_seconds | budget_joules,
                    dropout, arrivals_per_round, savers (per-tier overrides)
     [fleet.profiles.NAME]  custom device profiles
@@ -140,6 +142,7 @@ class EIFSection(Section):
     lr_final: PosFloat | None = None
     momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.5
     weight_decay: NonNegFloat = 1e-4
+    min_batch: PosInt = 32
 
 
 class EMPSection(Section):
@@ -152,16 +155,46 @@ class EMPSection(Section):
     exempt: tuple[StrictStr, ...] = ()
 
 
+Bits = Annotated[StrictInt, Field(ge=2, le=32)]
+
+
+class QuantSection(Section):
+    """``[savers.quant]``: 8-bit training (see :class:`fededge.quantize.QuantConfig`)."""
+
+    enabled: StrictBool = False
+    weight_bits: Bits = 8
+    activation_bits: Bits = 8
+    error_bits: Bits = 8
+    grad_bits: Bits = 16
+    stochastic: StrictBool = True
+    range_bn: StrictBool = True
+    weight_per_channel: StrictBool = False
+    exempt: tuple[StrictStr, ...] = ()
+    include_filter: StrictBool = True
+
+    @model_validator(mode="after")
+    def _widths(self) -> QuantSection:
+        bad = [
+            f"{name}={getattr(self, name)}"
+            for name in ("weight_bits", "activation_bits", "error_bits", "grad_bits")
+            if 16 < getattr(self, name) < 32
+        ]
+        if bad:
+            raise ValueError(f"bit widths must be 2..16 or 32 (float32), got {', '.join(bad)}")
+        return self
+
+
 class SaversSection(Section):
     """``[savers]``: the savers and their parameters."""
 
     eif: EIFSection = EIFSection()
     emp: EMPSection = EMPSection()
+    quant: QuantSection = QuantSection()
 
     @property
     def label(self) -> str:
-        """``none``, ``eif``, ``emp`` or ``eif+emp``."""
-        on = [n for n, s in (("eif", self.eif), ("emp", self.emp)) if s.enabled]
+        """``none`` or the savers on, e.g. ``eif``, ``eif+emp``, ``eif+emp+q``."""
+        on = [n for n, s in (("eif", self.eif), ("emp", self.emp), ("q", self.quant)) if s.enabled]
         return "+".join(on) if on else "none"
 
 

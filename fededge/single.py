@@ -19,6 +19,7 @@ from fededge.error_map import EMPConfig
 from fededge.instance_filter import EIFConfig
 from fededge.ledger import Ledger
 from fededge.models import build_filter, build_model
+from fededge.quantize import QuantConfig
 from fededge.scenario import default_filter
 from fededge.training import LocalTrainer, TrainConfig, evaluate
 
@@ -53,6 +54,12 @@ class SingleResult:
             ("baseline MACs (plain SGD)", f"{lg.baseline_macs:.4g}"),
             ("spent MACs per streamed instance", f"{lg.spent_macs / max(lg.streamed, 1):,.0f}"),
             ("computation saved", f"{100 * lg.computation_saved:.2f}%"),
+            ("low-bit forward MACs (weight x activation bits)", f"{lg.lowbit_forward_macs:.4g}"),
+            ("low-bit grad-input MACs (error x weight bits)", f"{lg.lowbit_grad_input_macs:.4g}"),
+            ("low-bit grad-weight MACs (act. x grad bits)", f"{lg.lowbit_grad_weight_macs:.4g}"),
+            ("32-bit MACs", f"{lg.spent_macs - lg.lowbit_macs:.4g}"),
+            ("spent, 32-bit-equivalent MACs", f"{lg.spent_macs_32eq:.4g}"),
+            ("computation saved, 32-bit-equivalent", f"{100 * lg.computation_saved_32eq:.2f}%"),
             ("test accuracy", f"{100 * self.accuracy:.2f}%"),
             ("training wall time", f"{lg.wall_s:.1f} s"),
         ]
@@ -79,6 +86,7 @@ def train_single(
     target_ratio: float = 0.2,
     eif: EIFConfig | None = None,
     emp: EMPConfig | None = None,
+    quant: QuantConfig | None = None,
     seed: int = 0,
     threads: int | None = None,
     eval_points: int = 0,
@@ -90,13 +98,20 @@ def train_single(
     The stream is the training set, shuffled (seeded), repeated for ``epochs``
     passes -- or cut at ``iterations`` streamed mini-batches. The learning rate
     is multiplied by ``lr_gamma`` at each fraction of the stream in
-    ``lr_milestones``. ``savers`` is ``none``, ``eif``, ``emp`` or ``eif+emp``;
-    ``eif``/``emp`` configs override ``target_ratio``/``keep_ratio``.
+    ``lr_milestones``. ``savers`` is ``none`` or a ``+``-joined subset of
+    ``eif``, ``emp`` and ``q`` (8-bit training, :mod:`fededge.quantize`), e.g.
+    ``eif+emp+q``; ``eif``/``emp`` configs override ``target_ratio``/``keep_ratio``,
+    ``quant`` the default :class:`~fededge.quantize.QuantConfig`. The final
+    accuracy is measured with the savers attached (a ``q`` run: the quantized net).
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    use_eif = "eif" in savers.split("+")
-    use_emp = "emp" in savers.split("+")
+    tokens = set(savers.split("+")) - {"none"}
+    if not tokens <= {"eif", "emp", "q"}:
+        raise ValueError(
+            f"savers must be 'none' or a '+'-joined subset of eif, emp, q; got {savers!r}"
+        )
+    use_eif, use_emp, use_q = "eif" in tokens, "emp" in tokens, "q" in tokens
     train = load_dataset(dataset, "train", data_dir)
     test = load_dataset(dataset, "test", data_dir)
     shape = (train.channels, *train.image_size)
@@ -131,6 +146,7 @@ def train_single(
         emp=emp_cfg,
         seed=seed,
         device=device,
+        quant=(quant or QuantConfig()) if use_q else None,
     )
     total = iterations * batch_size if iterations is not None else round(epochs * len(train))
     gen = torch.Generator().manual_seed(seed)
@@ -172,6 +188,6 @@ def train_single(
                     f"saved {100 * ledger.computation_saved:.1f}%"
                 )
     wall = time.perf_counter() - started
-    trainer.close()
     acc, loss = evaluate(net, test, len(test), device=device)
+    trainer.close()
     return SingleResult(name=name, ledger=ledger, accuracy=acc, loss=loss, wall_s=wall, curve=curve)

@@ -325,8 +325,10 @@ def plan_sweep(
     sweep = base.sweep
     levels = _unique(float(b) for b in (budgets or (sweep.budgets if sweep else DEFAULT_BUDGETS)))
     settings = _unique(savers or (sweep.savers if sweep else DEFAULT_SAVERS))
-    target = target_accuracy if target_accuracy is not None else (
-        sweep.target_accuracy if sweep else None
+    target = (
+        target_accuracy
+        if target_accuracy is not None
+        else (sweep.target_accuracy if sweep else None)
     )
     issues: list[ConfigIssue] = []
     issues += [
@@ -442,9 +444,9 @@ def variant_state(folder: Path, digest: str, rounds: int) -> VariantState:
     return "stale"
 
 
-def _move_aside(folder: Path) -> Path:
+def _move_aside(folder: Path, why: str = "stale") -> Path:
     n = 1
-    while (target := folder.with_name(f"{folder.name}.stale-{n}")).exists():
+    while (target := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
         n += 1
     folder.rename(target)
     return target
@@ -471,8 +473,11 @@ def run_sweep(
     ``compare.json`` and the base ``scenario.toml`` are written first. A
     finished variant is skipped, an interrupted one resumed, a stale folder
     moved aside to ``NAME.stale-N``. A variant that raises (other than
-    ``KeyboardInterrupt``) is logged and recorded in
-    :attr:`SweepOutcome.failed`; the sweep goes on. ``after_variant(planned,
+    ``KeyboardInterrupt``), or whose every round was skipped (no device reply
+    succeeded; its folder is moved aside to ``NAME.failed-N`` so the next run
+    retries it), is logged and recorded in :attr:`SweepOutcome.failed`; the
+    sweep goes on. Rounds with some failed replies still count: the tables
+    show them (``failed_replies``, ``skipped_rounds``). ``after_variant(planned,
     status)`` is called after each variant (status ``ran``, ``skipped`` or
     ``failed``), e.g. to re-render the comparison.
     """
@@ -503,11 +508,20 @@ def run_sweep(
             if after_variant is not None:
                 after_variant(planned, "failed")
             continue
-        done = int(report.summary().get("rounds", 0))
-        if done == scenario.run.rounds:
+        rounds = report.rounds_frame()
+        done = int(rounds["round"].max()) if len(rounds) else 0
+        skipped = int(rounds["skipped"].sum()) if "skipped" in rounds else 0
+        if done == scenario.run.rounds and skipped < done:
             write_done(folder, name, scenario, done)
             outcome.ran.append(name)
             status = "ran"
+        elif done == scenario.run.rounds:
+            moved = _move_aside(folder, "failed")
+            outcome.failed[name] = (
+                f"every round was skipped (no device reply succeeded); results moved to "
+                f"{moved}; the next run retries this variant"
+            )
+            status = "failed"
         else:
             outcome.failed[name] = f"finished {done} of {scenario.run.rounds} rounds"
             status = "failed"

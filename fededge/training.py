@@ -10,7 +10,9 @@ Baseline SGD, EIF, EMP and EIF+EMP are this same loop (STYLE.md habit 5):
   the main net trains on them (no tiny ragged batches); the queue persists
   across calls, so a device carries it from round to round;
 * with EMP (:class:`~fededge.error_map.ErrorMapPruner`) the conv layers of the
-  main net back-propagate only their top-scoring output channels.
+  main net back-propagate only their top-scoring output channels;
+* with quantization (:class:`~fededge.quantize.ModelQuantizer`) the main net
+  (and the filter net) train in 8 bits (simulated), EMP's backward included.
 
 Every MAC is accounted in a :class:`~fededge.ledger.Ledger` from the exact
 per-layer costs of :mod:`fededge.flops`, and a budget in MACs is enforced
@@ -23,17 +25,18 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fededge.error_map import EMPConfig, ErrorMapPruner
+from fededge.error_map import EMPConfig, ErrorMapPruner, KernelPlans
 from fededge.flops import ModelCost, model_cost
 from fededge.instance_filter import EIFConfig, InstanceFilter
 from fededge.ledger import Ledger
+from fededge.quantize import LowBitMacs, ModelQuantizer, QuantConfig
 
 
 class BatchSource(Protocol):
@@ -112,6 +115,10 @@ class LocalTrainer:
     emp : EMP parameters, or None for dense backward.
     seed : seeds the trainer's generator (augmentation, data order within the loop).
     device : where the nets run.
+    main_cost, filter_cost : the nets' per-instance costs (computed when omitted).
+    emp_plans : EMP kernel choices shared with other trainers (e.g. one per process,
+        for every device it hosts), so autotuning is not repeated per trainer.
+    quant : quantized-training parameters, or None for float32 training.
     """
 
     def __init__(
@@ -128,6 +135,8 @@ class LocalTrainer:
         device: torch.device | str = "cpu",
         main_cost: ModelCost | None = None,
         filter_cost: ModelCost | None = None,
+        emp_plans: KernelPlans | None = None,
+        quant: QuantConfig | None = None,
     ) -> None:
         if (filter_net is None) != (eif is None):
             raise ValueError("EIF needs both a filter net and an EIFConfig (or neither)")
@@ -148,7 +157,23 @@ class LocalTrainer:
         if filter_net is not None and eif is not None:
             self.filter = InstanceFilter(filter_net, eif)
             self.filter_cost = filter_cost or model_cost(filter_net, input_shape)
-        self.pruner = ErrorMapPruner(model, emp) if emp is not None else None
+        self.pruner = ErrorMapPruner(model, emp, plans=emp_plans) if emp is not None else None
+        self.quantizer: ModelQuantizer | None = None
+        self.filter_quantizer: ModelQuantizer | None = None
+        if quant is not None:
+            self.quantizer = ModelQuantizer(model, quant, seed=seed)
+            if filter_net is not None and quant.include_filter:
+                whole = replace(quant, exempt=())  # exempt names main-net layers
+                self.filter_quantizer = ModelQuantizer(filter_net, whole, seed=seed + 1)
+        # Per-instance MACs with quantized operands (zero without quantization).
+        self._main_lowbit = (
+            self.quantizer.lowbit_macs(self.main_cost) if self.quantizer else LowBitMacs()
+        )
+        self._filter_lowbit = (
+            self.filter_quantizer.lowbit_macs(self.filter_cost)
+            if self.filter_quantizer and self.filter_cost
+            else LowBitMacs()
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.queue = torch.empty(0, dtype=torch.long)
         self.position = 0  # instances streamed over the trainer's lifetime
@@ -158,10 +183,14 @@ class LocalTrainer:
         self._set_lr(self.optimizer, lr)
 
     def close(self) -> None:
-        """Detach EMP from the model (the model's convs get their dense backward back)."""
+        """Detach EMP and quantization (the nets get their float32, dense backward back)."""
         if self.pruner is not None:
             self.pruner.remove()
             self.pruner = None
+        for quantizer in (self.quantizer, self.filter_quantizer):
+            if quantizer is not None:
+                quantizer.remove()
+        self.quantizer = self.filter_quantizer = None
 
     # ------------------------------------------------------------------ costs
     @property
@@ -179,6 +208,12 @@ class LocalTrainer:
     def _filter_step_macs(self, n: int) -> int:
         assert self.filter_cost is not None
         return n * self.filter_cost.training_macs
+
+    @staticmethod
+    def _charge_lowbit(ledger: Ledger, quantizer: ModelQuantizer | None, macs: LowBitMacs) -> None:
+        """Record low-bit MACs (and their 32-bit-equivalent saving) when quantizing."""
+        if quantizer is not None:
+            quantizer.charge(ledger, macs)
 
     # ------------------------------------------------------------------- run
     def run(
@@ -227,8 +262,7 @@ class LocalTrainer:
                 batch, self.queue = self.queue, self.queue[:0]
                 self._train_main(batch, ledger)
                 if self.filter is not None:
-                    ledger.filter_train_macs += self._filter_step_macs(self.filter.pending)
-                    ledger.filter_steps += self.filter.end_batch(0) > 0
+                    self._train_filter(ledger, budget_macs, force=True)
             else:
                 stopped = True
         leftover = indices[cursor:]
@@ -261,6 +295,8 @@ class LocalTrainer:
         x, y = self._fetch(idx)
         decision = self.filter.decide(x, self.generator)
         ledger.filter_forward_macs += m * self.filter_cost.forward_macs
+        lowbit = self._filter_lowbit.forward_only().times(m)
+        self._charge_lowbit(ledger, self.filter_quantizer, lowbit)
         keep = decision.keep
         sample = decision.sample
         ledger.filtered_out += int((~keep).sum())
@@ -275,15 +311,27 @@ class LocalTrainer:
             )
             ledger.uncertainty_sampled += n_sample
             ledger.sampled_forward_macs += sample_macs
+            lowbit = self._main_lowbit.forward_only().times(n_sample)
+            self._charge_lowbit(ledger, self.quantizer, lowbit)
         self.queue = torch.cat([self.queue, idx[keep.cpu()]])
         going = self._drain_queue(ledger, budget)
-        filter_macs = self._filter_step_macs(self.filter.pending)
-        if ledger.spent_macs + filter_macs > budget:
-            self.filter.discard_pending()
-            filter_macs = 0
-        ledger.filter_train_macs += filter_macs
-        ledger.filter_steps += self.filter.end_batch(m) > 0
+        self._train_filter(ledger, budget)
+        self.filter.end_batch(m)
         return going
+
+    def _train_filter(self, ledger: Ledger, budget: float, *, force: bool = False) -> None:
+        """Train the filter on its waiting labels when it is ready (and the budget allows)."""
+        assert self.filter is not None
+        if not (self.filter.ready or (force and self.filter.pending)):
+            return
+        macs = self._filter_step_macs(self.filter.pending)
+        if ledger.spent_macs + macs > budget:
+            self.filter.discard_pending()
+            return
+        trained = self.filter.train_pending()
+        ledger.filter_train_macs += self._filter_step_macs(trained)
+        ledger.filter_steps += 1
+        self._charge_lowbit(ledger, self.filter_quantizer, self._filter_lowbit.times(trained))
 
     def _account_streamed(self, idx: Tensor, ledger: Ledger) -> None:
         ledger.streamed += len(idx)
@@ -316,13 +364,16 @@ class LocalTrainer:
         cost = self.main_cost
         ledger.main_forward_macs += n * cost.forward_macs
         if self.pruner is None:
-            ledger.main_grad_input_macs += n * cost.grad_input_macs
-            ledger.main_grad_weight_macs += n * cost.grad_weight_macs
+            gi, gw = n * cost.grad_input_macs, n * cost.grad_weight_macs
         else:
             step = self.pruner.pop_step_cost(cost, n)
-            ledger.main_grad_input_macs += step.grad_input_macs
-            ledger.main_grad_weight_macs += step.grad_weight_macs
+            gi, gw = step.grad_input_macs, step.grad_weight_macs
             ledger.selection_macs += step.selection_macs
+        ledger.main_grad_input_macs += gi
+        ledger.main_grad_weight_macs += gw
+        if self.quantizer is not None:
+            lowbit = self.quantizer.step_lowbit_macs(cost, n, gi, gw, self.pruner)
+            self.quantizer.charge(ledger, lowbit)
         ledger.trained += n
         ledger.steps += 1
         ledger.loss_sum += float(losses.detach().sum())

@@ -1,8 +1,10 @@
 """The fededge ServerApp: runs a scenario's rounds with :class:`FleetStrategy`.
 
 ``fededge run`` builds the app around an already-loaded scenario
-(:func:`make_server_app`); ``flwr run .`` uses :data:`app`, which reads the
-scenario path from the run config (``[tool.flwr.app.config] scenario``).
+(:func:`make_server_app`); ``flwr run . <connection>`` (the deployment engine,
+see ``fededge deploy run``) uses :data:`app`, which reads the scenario from the
+run config (``[tool.flwr.app.config]``, :class:`server.deployment.RunSettings`)
+and waits up to ``device-wait-s`` for the fleet's devices to connect.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,14 +21,19 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.report import FleetReport, atomic_write_text
-from fededge.scenario import Scenario, load_scenario
+from fededge.scenario import Scenario
+from server.deployment import RunSettings
 from server.strategy import FleetStrategy, RoundOutcome
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+
+#: Redraw the report's plots at most this often during a run (seconds); tables every round.
+PLOT_EVERY_S = 60.0
 
 
 def save_checkpoint(out_dir: Path, scenario: Scenario, outcome: RoundOutcome) -> None:
@@ -61,18 +69,22 @@ def run_server(
     resume: bool = False,
     on_round: Callable[[RoundOutcome], None] | None = None,
     keep_device_state: bool = True,
+    stop: threading.Event | None = None,
+    device_wait_s: float | None = None,
 ) -> FleetReport:
     """Run every round of ``scenario`` on ``grid``; results go to ``out_dir``."""
     runtime = FleetRuntime(scenario, load_test=True)
     tier_names = [t.name for t in scenario.tiers]
     start_round = 1
     initial = ArrayRecord(transported_weights(runtime.main_net, runtime.weight_names))
-    report = FleetReport(out_dir, scenario.run.name, tier_names)
+    report = FleetReport(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
     if resume:
         checkpoint = load_checkpoint(out_dir)
         if checkpoint is not None:
             done, _digest, arrays = checkpoint
-            report = FleetReport.load(out_dir, scenario.run.name, tier_names)
+            report = FleetReport.load(
+                out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S
+            )
             report.truncate(done)
             initial, start_round = arrays, done + 1
             log.info("resuming %s after round %d", scenario.run.name, done)
@@ -99,16 +111,22 @@ def run_server(
         expected=expected,
         on_round=after_round,
         state_dir=state_dir,
+        stop=stop,
     )
+    if device_wait_s is not None:
+        strategy.device_wait_s = device_wait_s
     config = ConfigRecord(
         {
-            "scenario": scenario.text,
+            "scenario": portable_scenario_text(scenario),  # no server file needed on devices
             "scenario-digest": scenario.digest,
             "state-dir": state_dir,
         }
     )
     if start_round <= scenario.run.rounds:
-        strategy.run(grid, initial, train_config=config, start_round=start_round)
+        try:
+            strategy.run(grid, initial, train_config=config, start_round=start_round)
+        finally:
+            report.flush()  # plots of the last rounds
     return report
 
 
@@ -119,13 +137,14 @@ def make_server_app(
     resume: bool = False,
     on_round: Callable[[RoundOutcome], None] | None = None,
     result: dict[str, FleetReport] | None = None,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a loaded scenario (used by ``fededge run``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        report = run_server(grid, scenario, out_dir, resume=resume, on_round=on_round)
+        report = run_server(grid, scenario, out_dir, resume=resume, on_round=on_round, stop=stop)
         if result is not None:
             result["report"] = report
 
@@ -137,10 +156,15 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run .``: the scenario path comes from the run config."""
-    path = str(context.run_config.get("scenario", "scenarios/quickstart.toml"))
-    overrides = [s for s in str(context.run_config.get("overrides", "")).split(";") if s]
-    scenario = load_scenario(path, overrides)
-    out_dir = Path(str(context.run_config.get("output-dir", "")) or scenario.output_dir())
-    report = run_server(grid, scenario, out_dir)
+    """Entry point for ``flwr run .``: the scenario comes from the run config."""
+    from clients.polling import shorten_object_pulls
+
+    shorten_object_pulls()  # a reply found before its objects: retry in 0.05 s, not 1 s
+    settings = RunSettings.from_run_config(context.run_config)
+    scenario = settings.load_scenario()
+    out_dir = settings.output_dir or scenario.output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scenario.toml").write_text(scenario.text)
+    print(f"{scenario.run.name}: {scenario.num_devices} devices -> {out_dir}", flush=True)
+    report = run_server(grid, scenario, out_dir, device_wait_s=settings.device_wait_s)
     print(report.summary_text())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,14 +38,26 @@ def backend_config(scenario: Scenario, *, ray_address: str | None = None) -> dic
 
     Resources per client come from ``[simulation]``; ``max_concurrent`` caps the
     CPUs Ray sees so that at most that many clients run at once. With a Ray
-    cluster address (scenario, argument or ``RAY_ADDRESS``) Ray joins it and
-    nothing else is passed to ``ray.init``.
+    cluster address (the argument, else ``simulation.ray_address``, else
+    ``RAY_ADDRESS``; ``"local"`` forces a local Ray) Ray joins that cluster and
+    nothing else is passed to ``ray.init`` (anything more makes it hang). On a
+    cluster every node runs ``node CPUs / client_cpus`` clients at once, so
+    ``max_concurrent`` does not apply there (a warning says so).
     """
     sim = scenario.simulation
     address = ray_address or sim.ray_address or os.environ.get("RAY_ADDRESS")
     resources = {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}
-    if address:
+    if address and address != "local":
         init_args: dict[str, object] = {"address": address}
+        if sim.max_concurrent is not None:
+            log.warning(
+                "simulation.max_concurrent=%d does not apply on the Ray cluster at %s: each "
+                "node runs (its CPUs / client_cpus=%g) clients at once; set client_cpus or "
+                "the nodes' `ray start --num-cpus` instead",
+                sim.max_concurrent,
+                address,
+                sim.client_cpus,
+            )
     else:
         cpus = os.cpu_count() or 1
         if sim.max_concurrent is not None:
@@ -69,20 +83,31 @@ def simulate(
     resume: bool = False,
     on_round: Callable[[RoundOutcome], None] | None = None,
     ray_address: str | None = None,
+    keep_ray: bool = False,
 ) -> FleetReport:
-    """Run ``scenario`` on the simulation engine; returns its fleet report."""
+    """Run ``scenario`` on the simulation engine; returns its fleet report.
+
+    With ``keep_ray`` the Ray session stays up afterwards (a running one is
+    reused), so several simulations share it; the caller then shuts Ray down
+    (:func:`server.ray_session.shutdown_ray`).
+    """
     quiet_environment()
     import ray
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import make_server_app
+    from server.ray_session import keep_ray_session
 
     result: dict[str, FleetReport] = {}
-    server_app = make_server_app(scenario, out_dir, resume=resume, on_round=on_round, result=result)
+    stop = threading.Event()
+    server_app = make_server_app(
+        scenario, out_dir, resume=resume, on_round=on_round, result=result, stop=stop
+    )
     config = backend_config(scenario, ray_address=ray_address)
+    session = keep_ray_session() if keep_ray else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
+        with session, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run_simulation(
                 server_app=server_app,
@@ -90,8 +115,12 @@ def simulate(
                 num_supernodes=scenario.num_devices,
                 backend_config=config,  # type: ignore[arg-type]
             )
+    except KeyboardInterrupt:
+        stop.set()  # the server thread leaves its round at once (RunStopped)
+        raise
     finally:
-        if ray.is_initialized():
+        stop.set()
+        if not keep_ray and ray.is_initialized():
             ray.shutdown()
     if "report" not in result:
         raise RuntimeError("the simulation ended without a report (see the log above)")

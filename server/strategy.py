@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +45,10 @@ REQUIRED_METRICS = (
     "device-id",
     "dropped",
 )
+
+
+class RunStopped(RuntimeError):
+    """The run was asked to stop (Ctrl-C) between or during rounds."""
 
 
 @dataclass
@@ -76,6 +82,7 @@ class FleetStrategy(FedAvg):
         expected: dict[str, tuple[int, ...]],
         on_round: Callable[[RoundOutcome], None] | None = None,
         state_dir: str = "",
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(
             fraction_train=scenario.server.fraction,
@@ -91,7 +98,12 @@ class FleetStrategy(FedAvg):
         self.expected = expected
         self.on_round = on_round
         self.state_dir = state_dir
+        self.stop = stop or threading.Event()
         self.node_to_device: dict[int, int] = {}
+        # device -> (tier, profile, kind) as the device reported them (real devices differ)
+        self.device_names: dict[int, tuple[str, str, str]] = {}
+        #: How long round 1 waits for the fleet's nodes (a deployment sets it from its run config).
+        self.device_wait_s = 900.0
         self._rows: list[dict[str, Any]] = []
         self._skipped = False
 
@@ -118,7 +130,7 @@ class FleetStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, None]:
         """Check every reply, record it in the report rows, average the good ones."""
-        good: list[tuple[int, ArrayRecord, float]] = []
+        good: list[tuple[int, dict[str, np.ndarray], float]] = []
         rows: list[dict[str, Any]] = []
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -129,14 +141,21 @@ class FleetStrategy(FedAvg):
                         self.node_to_device.get(node, -1),
                         "failed",
                         None,
-                        str(msg.error.reason),
+                        short_reason(str(msg.error.reason)),
                     )
                 )
                 continue
-            problem, metrics = self._check_reply(msg)
+            problem, metrics, weights = self._check_reply(msg)
             device = int(metrics.get("device-id", self.node_to_device.get(node, -1)))
             if device >= 0:
                 self.node_to_device[node] = device
+            if "device" in msg.content.config_records:  # tier and profile as the device has them
+                info = msg.content.config_records["device"]
+                self.device_names[device] = (
+                    str(info["tier"]),
+                    str(info["profile"]),
+                    str(info.get("kind", "simulated")),
+                )
             if problem:
                 rows.append(self._row(server_round, device, "rejected", None, problem))
                 log.warning(
@@ -147,9 +166,7 @@ class FleetStrategy(FedAvg):
                 rows.append(self._row(server_round, device, "dropped", metrics))
                 continue
             rows.append(self._row(server_round, device, "ok", metrics))
-            good.append(
-                (device, msg.content.array_records["arrays"], float(metrics["num-examples"]))
-            )
+            good.append((device, weights, float(metrics["num-examples"])))
         self._rows = rows
         self._skipped = len(good) < self.scenario.server.min_replies
         if self._skipped:
@@ -162,33 +179,60 @@ class FleetStrategy(FedAvg):
             return None, None
         return self._average(good), None
 
-    def _average(self, good: list[tuple[int, ArrayRecord, float]]) -> ArrayRecord | None:
+    def _average(self, good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
         good.sort(key=lambda item: item[0])
         total = sum(weight for _, _, weight in good)
         if total <= 0:
             return None  # nobody trained: keep the global model
         out: dict[str, np.ndarray] = {}
-        for _, record, weight in good:
-            for name, array in record.items():
-                value = array.numpy().astype(np.float64) * (weight / total)
-                out[name] = out[name] + value if name in out else value
+        for _, arrays, weight in good:
+            for name, array in arrays.items():
+                value = array.astype(np.float64) * (weight / total)
+                if name in out:
+                    out[name] += value
+                else:
+                    out[name] = value
         return _record(out)
 
-    def _check_reply(self, msg: Message) -> tuple[str, dict[str, float]]:
+    def _check_reply(self, msg: Message) -> tuple[str, dict[str, float], dict[str, np.ndarray]]:
+        """``(problem or "", metrics, weights)``; the weights are decoded once, here."""
         content = msg.content
         if "metrics" not in content.metric_records:
-            return "no metrics in reply", {}
+            return "no metrics in reply", {}, {}
         metrics = {
             k: v for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)
         }
         missing = [k for k in REQUIRED_METRICS if k not in metrics]
         if missing:
-            return f"ledger keys missing: {', '.join(missing[:5])}", metrics
+            return f"ledger keys missing: {', '.join(missing[:5])}", metrics, {}
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
-            return f"non-finite metrics: {', '.join(bad[:5])}", metrics
+            return f"non-finite metrics: {', '.join(bad[:5])}", metrics, {}
         if metrics["dropped"]:
-            return "", metrics
+            return "", metrics, {}
+        if "arrays" not in content.array_records:
+            return "no weights in reply", metrics, {}
+        record = content.array_records["arrays"]
+        names = set(record.keys())
+        if names != set(self.expected):
+            extra, lost = names - set(self.expected), set(self.expected) - names
+            return (
+                f"weight names differ (unexpected {sorted(extra)[:3]}, missing {sorted(lost)[:3]})",
+                metrics,
+                {},
+            )
+        weights: dict[str, np.ndarray] = {}
+        for name, shape in self.expected.items():
+            array = record[name]
+            if tuple(array.shape) != shape:
+                problem = f"weight {name} has shape {tuple(array.shape)}, expected {shape}"
+                return problem, metrics, {}
+            weights[name] = array.numpy()
+            if not np.isfinite(weights[name]).all():
+                return f"weight {name} has NaN/Inf values", metrics, {}
+        if metrics["num-examples"] < 0:
+            return "negative num-examples", metrics, {}
+        return "", metrics, weights
         if "arrays" not in content.array_records:
             return "no weights in reply", metrics
         record = content.array_records["arrays"]
@@ -217,12 +261,79 @@ class FleetStrategy(FedAvg):
         metrics: dict[str, float] | None,
         reason: str = "",
     ) -> dict[str, Any]:
-        if 0 <= device < self.scenario.num_devices:
+        kind = None
+        if device in self.device_names:
+            tier_name, profile, kind = self.device_names[device]
+        elif 0 <= device < self.scenario.num_devices:
             tier = self.scenario.tier_of(device)
             tier_name, profile = tier.name, tier.profile.name
         else:
             tier_name, profile = "?", "?"
-        return device_row(server_round, device, tier_name, profile, status, metrics, reason)
+        row = device_row(server_round, device, tier_name, profile, status, metrics, reason)
+        if kind is not None and metrics is None:  # a failure: the kind it reported before
+            row["kind"] = kind
+        return row
+
+    def exchange(self, grid: Grid, messages: Iterable[Message], timeout_s: float) -> list[Message]:
+        """Send ``messages`` and collect replies until all arrived or ``timeout_s`` passed.
+
+        Like ``Grid.send_and_receive`` but it also returns early, raising
+        :class:`RunStopped`, when :attr:`stop` is set (Ctrl-C), so the server
+        thread never outlives an interrupted run.
+        """
+        waiting = set(grid.push_messages(messages))
+        deadline = time.monotonic() + timeout_s
+        replies: list[Message] = []
+        while waiting and time.monotonic() < deadline:
+            if self.stop.is_set():
+                raise RunStopped("the run was stopped")
+            got = list(grid.pull_messages(waiting))
+            replies.extend(got)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+            if waiting:
+                self.stop.wait(0.05)
+        return replies
+
+    def wait_for_nodes(self, grid: Grid, timeout_s: float) -> list[int]:
+        """Node ids once every device of the scenario is connected (or at the timeout).
+
+        In simulation the nodes register while the ServerApp already runs; in a
+        deployment devices connect over time.
+        """
+        deadline = time.monotonic() + timeout_s
+        expected = self.scenario.num_devices
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= expected or time.monotonic() >= deadline:
+                break
+            if self.stop.is_set():
+                raise RunStopped("the run was stopped")
+            self.stop.wait(0.1)
+        if len(nodes) < expected:
+            log.warning("only %d of %d devices connected; going on with them", len(nodes), expected)
+        return nodes
+
+    def discover(self, grid: Grid, config: ConfigRecord, timeout_s: float = 900.0) -> int:
+        """Ask every node once which device it is (``query`` message); returns replies.
+
+        Gives the node -> device map used to attribute failures and timeouts to
+        tiers, and lets every node load the scenario before round 1 (in
+        simulation, Ray and the workers start while this waits).
+        """
+        nodes = self.wait_for_nodes(grid, timeout_s)
+        record = RecordDict({self.configrecord_key: ConfigRecord(dict(config))})
+        messages = self._construct_messages(record, nodes, MessageType.QUERY)
+        replies = self.exchange(grid, messages, timeout_s)
+        known = 0
+        for msg in replies:
+            if msg.has_error() or "metrics" not in msg.content.metric_records:
+                continue
+            device = msg.content.metric_records["metrics"].get("device-id")
+            if isinstance(device, int | float):
+                self.node_to_device[msg.metadata.src_node_id] = int(device)
+                known += 1
+        log.info("discovered %d of %d devices", known, len(nodes))
+        return known
 
     # ------------------------------------------------------------ the loop
     def run(
@@ -240,14 +351,13 @@ class FleetStrategy(FedAvg):
         """
         rounds = self.scenario.run.rounds
         arrays = initial_arrays
+        self.discover(grid, train_config, timeout_s=self.device_wait_s)
         for server_round in range(start_round, rounds + 1):
             started = time.perf_counter()
             messages = list(
                 self.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid)
             )
-            replies = list(
-                grid.send_and_receive(messages=messages, timeout=self.scenario.server.timeout_s)
-            )
+            replies = list(self.exchange(grid, messages, self.scenario.server.timeout_s))
             self._rows = []
             new_arrays, _ = self.aggregate_train(server_round, replies)
             rows = self._rows
@@ -283,6 +393,19 @@ class FleetStrategy(FedAvg):
             if self.on_round is not None:
                 self.on_round(RoundOutcome(server_round, row, arrays))
         return arrays
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(reason: str, limit: int = 200) -> str:
+    """The last meaningful line of an error reply's reason (no traceback, no colours)."""
+    text = _ANSI.sub("", reason)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip() != "'>"]
+    last = lines[-1] if lines else text.strip()
+    last = last.removeprefix("Exception ClientAppException occurred. Message:").strip()
+    last = last.removesuffix("'>").strip()
+    return last if len(last) <= limit else last[: limit - 3] + "..."
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from fededge.error_map import (
     EMPConfig,
     EMPConfigError,
     ErrorMapPruner,
+    KernelPlans,
     channel_scores,
     kept_channels,
     num_kept,
@@ -247,8 +249,6 @@ def test_flop_counter_sees_the_backward_cut_to_alpha(alpha: float, kernels: str)
     pruned = copy.deepcopy(dense)
     pruner = ErrorMapPruner(pruned, EMPConfig(keep_ratio=alpha), kernels=kernels)  # type: ignore[arg-type]
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    loss_of(pruned, x, y).backward()  # first backward: autotuning runs every plan
-    pruned.zero_grad()
     # Execute
     dense_flops = backward_conv_flops(dense, x, y)
     pruned_flops = backward_conv_flops(pruned, x, y)
@@ -327,6 +327,27 @@ def test_pop_step_cost_scales_pruned_convs_only() -> None:
     assert step.selection_macs > 0
 
 
+def test_autotuning_settles_and_plans_are_shared_between_pruners() -> None:
+    # Prepare: 4 stride-1 candidates x (1 warm-up + 3 timed runs) = 16 backward passes
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    plans = KernelPlans()
+    pruner = ErrorMapPruner(conv, EMPConfig(keep_ratio=0.5), plans=plans)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    used = []
+    # Execute
+    for _ in range(18):
+        conv(x).sum().backward()
+        used.append(pruner.kernel_choices()[""])
+    pruner.remove()
+    second = ErrorMapPruner(conv, EMPConfig(keep_ratio=0.5), plans=plans)
+    conv(x).sum().backward()
+    # Assert
+    assert set(used[:16]) == {"aten", "cl", "cl-swap", "nchw-swap"}
+    assert len(plans) == 1
+    assert used[16] == used[17] == second.kernel_choices()[""] == next(iter(plans.chosen.values()))
+
+
 def test_remove_restores_the_dense_modules() -> None:
     # Prepare
     model = SmallCNN()
@@ -339,12 +360,21 @@ def test_remove_restores_the_dense_modules() -> None:
     ErrorMapPruner(model, EMPConfig(keep_ratio=0.5)).remove()  # attachable again
 
 
-def test_deepcopy_of_a_pruned_model_prunes_its_own_weights() -> None:
+@pytest.mark.parametrize("clone", ["deepcopy", "torch.save"])
+def test_a_copied_pruned_model_prunes_its_own_weights(clone: str) -> None:
     # Prepare
     torch.manual_seed(0)
     model = SmallCNN()
     ErrorMapPruner(model, EMPConfig(keep_ratio=1.0))
-    twin = copy.deepcopy(model)
+    loss_of(model, *data()).backward()  # the pruner now holds tuning state and tensors
+    if clone == "deepcopy":
+        twin = copy.deepcopy(model)
+    else:
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        twin = torch.load(buffer, weights_only=False)
+    twin.zero_grad()
     with torch.no_grad():
         twin.conv2.weight.mul_(2.0)
     reference = copy.deepcopy(twin)

@@ -123,12 +123,13 @@ def test_quantile_rule_keeps_target_share_and_samples_uncertain_ones() -> None:
 
 def test_filter_learns_online_and_state_round_trips() -> None:
     torch.manual_seed(0)
-    cfg = EIFConfig(target_ratio=0.5, initial_threshold=1.0, lr=0.5, momentum=0.0)
+    cfg = EIFConfig(target_ratio=0.5, initial_threshold=1.0, lr=0.5, momentum=0.0, min_batch=4)
     filt = InstanceFilter(ConstantNet(), cfg)
     x = torch.zeros(4, 1, 1, 1)
     before = filt.net.bias.detach().clone()
     filt.observe(x, torch.tensor([5.0, 5.0, 5.0, 5.0]), predicted_high=True)  # all H
-    assert filt.end_batch(4) == 4
+    assert filt.ready  # 4 >= min_batch = 4
+    assert filt.train_pending() == 4
     assert filt.net.bias[HIGH] > before[HIGH]  # pushed towards H
     state = filt.state_dict()
     other = InstanceFilter(ConstantNet(), cfg)

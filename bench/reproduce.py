@@ -1,0 +1,200 @@
+"""Reproduce the paper's single-device results on this machine (PAPER.md §5).
+
+Measures, for each arm (plain SGD, EIF, EMP, EIF+EMP, and any of them with
+8-bit training, ``+q``) trained from scratch on the same seeded stream with the
+one training loop:
+
+* computation saved (``1 - spent / baseline`` MACs, every overhead included),
+* with ``+q``, computation saved in 32-bit-equivalent MACs (a MAC of a-bit by
+  b-bit operands costs a·b/32² of a 32x32 one: 8x8 = 1/16, 8x16 = 1/8; see
+  ``fededge/quantize.py``), the form of the paper's "with 8-bit" column,
+* test accuracy after the stream,
+* training wall time, and the wall-clock saving against the SGD arm of the same
+  run (arms run one after another in one process, same threads),
+
+and prints them beside the paper's numbers as a Markdown table.
+
+Suites
+------
+``lenet``  LeNet-5 on MNIST, the paper's schedule: SGD lr 0.01, momentum 0.5,
+           batch 64, 18.7k iterations (streamed mini-batches).
+``cifar``  a CIFAR ResNet on CIFAR-10 (``--data-dir`` must hold
+           ``cifar10-jpeg.zip``): SGD momentum 0.9, weight decay 1e-4, batch
+           128, lr 0.1 divided by 10 at 50% and 75% of the iterations. The
+           paper runs ResNet-110 for 64k iterations; ``--depth`` and
+           ``--iterations`` scale it down to what a CPU runs.
+
+Examples::
+
+    python bench/reproduce.py lenet --threads 2
+    python bench/reproduce.py lenet --arms eif+emp,eif+emp+q --threads 1
+    python bench/reproduce.py cifar --data-dir ../shared/data --depth 20 --iterations 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fededge.error_map import EMPConfig
+from fededge.instance_filter import EIFConfig
+from fededge.quantize import QuantConfig
+from fededge.single import SingleResult, train_single
+
+ARMS = ("none", "eif", "emp", "eif+emp", "eif+emp+q")
+SAVERS = ("eif", "emp", "q")  # an arm is "none" or a "+"-joined subset of these
+PAPER = {  # PAPER.md §5: (SGD accuracy, EIF+EMP saving, EIF+EMP accuracy, with 8-bit)
+    "lenet": {"none": "99.23", "eif+emp": "78.60% -> 99.47", "eif+emp+q": "not reported"},
+    "cifar": {
+        "none": "93.57 (ResNet-110)",
+        "eif+emp": "67.84% -> 93.66 (ResNet-110)",
+        "eif": "63.5% -> 93.73 (ResNet-110)",
+        "emp": "35.6% of backward, no loss",
+        "eif+emp+q": "95.71% -> 93.54 (ResNet-110)",
+    },
+}
+CONVERSION = (
+    "32-bit-eq: a MAC of a-bit x b-bit operands costs a*b/32^2 of a 32x32 MAC "
+    "(8x8 forward and grad-input 1/16, 8x16 grad-weight 1/8; batch norm, pooling, adds, "
+    "EMP selection at 1); baseline = 32-bit SGD. Rationale: multiplier area/energy ~ product "
+    "of widths (Horowitz, ISSCC 2014: 8-bit int mult 0.2 pJ vs 32-bit int 3.1 pJ, fp32 3.7 pJ)."
+)
+
+
+def run_suite(args: argparse.Namespace) -> list[SingleResult]:
+    results = []
+    for arm in args.arms:
+        tokens = arm.split("+")
+        eif = EIFConfig(target_ratio=args.target_ratio) if "eif" in tokens else None
+        emp = EMPConfig(keep_ratio=args.keep_ratio) if "emp" in tokens else None
+        quant = QuantConfig() if "q" in tokens else None
+        common = dict(
+            savers=arm,
+            eif=eif,
+            emp=emp,
+            quant=quant,
+            seed=args.seed,
+            threads=args.threads,
+            eval_points=args.eval_points,
+            device=args.device,
+            progress=lambda text: print(f"  {text}", flush=True),
+        )
+        if args.suite == "lenet":
+            result = train_single(
+                dataset="mnist",
+                data_dir=args.data_dir,
+                model="lenet5",
+                iterations=args.iterations or 18_700,
+                batch_size=64,
+                lr=0.01,
+                momentum=0.5,
+                **common,
+            )  # type: ignore[arg-type]
+        else:
+            result = train_single(
+                dataset="cifar10",
+                data_dir=args.data_dir,
+                model=f"resnet{args.depth}",
+                iterations=args.iterations or 3000,
+                batch_size=128,
+                lr=0.1,
+                momentum=0.9,
+                weight_decay=1e-4,
+                lr_milestones=(0.5, 0.75),
+                **common,
+            )  # type: ignore[arg-type]
+        print(
+            f"{arm}: acc {100 * result.accuracy:.2f}%  saved "
+            f"{100 * result.ledger.computation_saved:.2f}% (32-bit-eq "
+            f"{100 * result.ledger.computation_saved_32eq:.2f}%)  wall {result.wall_s:.1f}s",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def table(suite: str, results: list[SingleResult]) -> str:
+    base = next((r for r in results if r.name.endswith("/none")), None)
+    lines = [
+        "| arm | computation saved | 32-bit-eq saved | test accuracy | train wall time "
+        "| wall-clock saved | wall / counted | trained share | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        arm = r.name.rsplit("/", 1)[1]
+        saved = r.ledger.computation_saved
+        wall_saved = 1 - r.wall_s / base.wall_s if base else float("nan")
+        ratio = wall_saved / saved if saved > 0 and base else float("nan")
+        trained = r.ledger.trained / max(r.ledger.streamed, 1)
+        lines.append(
+            f"| {arm} | {100 * saved:.2f}% | {100 * r.ledger.computation_saved_32eq:.2f}% "
+            f"| {100 * r.accuracy:.2f}% | {r.wall_s:.1f} s "
+            f"| {100 * wall_saved:.1f}% | {ratio:.2f} | {100 * trained:.1f}% "
+            f"| {PAPER[suite].get(arm, '')} |"
+        )
+    lines += ["", CONVERSION]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", choices=["lenet", "cifar"])
+    parser.add_argument("--arms", default=",".join(ARMS), type=lambda s: s.split(","))
+    parser.add_argument("--iterations", type=int, default=None, help="streamed mini-batches")
+    parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
+    parser.add_argument("--target-ratio", type=float, default=0.2, help="EIF R_set")
+    parser.add_argument("--keep-ratio", type=float, default=0.5, help="EMP alpha")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-points", type=int, default=0, help="accuracy checkpoints")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    bad = [a for a in args.arms if a != "none" and not set(a.split("+")) <= set(SAVERS)]
+    if bad:
+        parser.error(
+            f"unknown arms {bad}; expected 'none' or '+'-joined savers from {', '.join(SAVERS)}, "
+            f"e.g. {', '.join(ARMS)}"
+        )
+    started = time.time()
+    results = run_suite(args)
+    text = table(args.suite, results)
+    print()
+    print(
+        f"{args.suite}: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, device {args.device}, command: {' '.join(sys.argv)}"
+    )
+    print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "suite": args.suite,
+                    "argv": sys.argv,
+                    "started": started,
+                    "results": [
+                        {
+                            "name": r.name,
+                            "accuracy": r.accuracy,
+                            "wall_s": r.wall_s,
+                            "curve": r.curve,
+                            **r.ledger.to_metrics(),
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

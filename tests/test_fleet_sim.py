@@ -1,0 +1,225 @@
+"""End to end on Flower's simulation engine (Ray): golden numbers, determinism, faults,
+budgets, Ctrl-C and resume. Each test starts and stops its own local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOLDEN = """
+[run]
+name = "golden"
+seed = 7
+rounds = 2
+[data]
+dataset = "mnist"
+arrivals_per_round = 256
+[train]
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+[savers.eif]
+enabled = true
+target_ratio = 0.25
+[savers.emp]
+enabled = true
+keep_ratio = 0.5
+[[fleet.tiers]]
+name = "phones"
+profile = "phone"
+count = 2
+[[fleet.tiers]]
+name = "pis"
+profile = "rpi4"
+count = 2
+budget_seconds = 0.02
+[server]
+min_replies = 1
+eval_instances = 2000
+[simulation]
+client_cpus = 1.0
+"""
+
+# Pinned by running the golden scenario on this project's reference machine
+# (CPU, torch 2.14.1, 1 thread per client). Instance counts and MACs are exact.
+PINNED = {
+    "streamed": 1344,
+    "trained": 384,
+    "spent_macs": 439639848,
+    "baseline_macs": 1521354240,
+    "accuracy": 0.093,
+}
+
+TIMING = ["wall_s", "train_wall_s", "client_wall_s"]
+
+
+def _ray_dir(tmp_path: Path) -> Path:
+    """A short Ray temp dir per test (Ray's socket paths must stay under 107 bytes)."""
+    path = Path("/tmp") / f"fe-ray-{abs(hash(str(tmp_path))) % 10**8}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FEDEDGE_RAY_TMPDIR=str(_ray_dir(tmp_path)), RAY_USAGE_STATS_ENABLED="0",
+               FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _run(tmp_path: Path, text: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    cmd = [sys.executable, "-m", "fededge.cli", "run", str(path), "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+
+
+def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rounds = pd.read_csv(out / "rounds.csv").drop(columns=TIMING, errors="ignore")
+    devices = pd.read_csv(out / "devices.csv").drop(columns=TIMING, errors="ignore")
+    return rounds, devices
+
+
+def _ray_processes(tmp_path: Path) -> list[str]:
+    """Processes whose command line mentions this test's Ray temp dir."""
+    marker = str(_ray_dir(tmp_path))
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(f"{pid}: {cmd[:120]}")
+    return found
+
+
+def test_golden_scenario_is_pinned_and_reproducible(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        result = _run(tmp_path, GOLDEN, out)
+        assert result.returncode == 0, result.stderr[-3000:]
+    rounds_a, devices_a = _tables(first)
+    rounds_b, devices_b = _tables(second)
+    pd.testing.assert_frame_equal(rounds_a, rounds_b)
+    pd.testing.assert_frame_equal(devices_a, devices_b)
+    last = rounds_a.iloc[-1]
+    totals = {
+        "streamed": int(rounds_a["streamed"].sum()),
+        "trained": int(rounds_a["trained"].sum()),
+        "spent_macs": int(rounds_a["spent_macs"].sum()),
+        "baseline_macs": int(rounds_a["baseline_macs"].sum()),
+        "accuracy": round(float(last["accuracy"]), 4),
+    }
+    print("golden totals:", totals)
+    assert totals == PINNED
+    assert not _ray_processes(tmp_path)
+
+
+def test_tight_budget_stops_devices_and_the_ledger_shows_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(tmp_path, GOLDEN, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices = pd.read_csv(out / "devices.csv")
+    pis = devices[devices["tier"] == "pis"]
+    phones = devices[devices["tier"] == "phones"]
+    budget = 0.02 * 2.4e9
+    assert (pis["budget_exhausted"] == 1).all() and (pis["unprocessed"] > 0).all()
+    assert (pis["spent_macs"] <= budget).all()
+    assert (phones["budget_exhausted"] == 0).all() and (phones["unprocessed"] == 0).all()
+    tiers = pd.read_csv(out / "tiers.csv").set_index("tier")
+    assert tiers.loc["pis", "budget_exhausted"] == 4
+
+
+FAULTY = GOLDEN.replace("[server]\nmin_replies = 1", "[server]\nmin_replies = 2\ntimeout_s = 20.0") + """
+[[fleet.tiers]]
+name = "crashing"
+profile = "phone"
+count = 2
+fail_probability = 1.0
+[[fleet.tiers]]
+name = "slow"
+profile = "phone"
+count = 1
+slow_probability = 1.0
+slow_delay_s = 40.0
+[[fleet.tiers]]
+name = "offline"
+profile = "phone"
+count = 1
+dropout = 0.99
+"""
+
+
+def test_faults_are_counted_per_tier_and_do_not_stop_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(tmp_path, FAULTY.replace("rounds = 2", "rounds = 1"), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices = pd.read_csv(out / "devices.csv")
+    by_tier = devices.groupby("tier")["status"].agg(lambda s: sorted(set(s)))
+    assert by_tier["crashing"] == ["failed"]
+    assert by_tier["slow"] == ["failed"]  # timed out
+    assert "timeout" in devices[devices["tier"] == "slow"]["reason"].iloc[0]
+    assert by_tier["offline"] == ["dropped"]
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert rounds.loc[0, "ok"] == 4 and rounds.loc[0, "failed"] == 3 and rounds.loc[0, "skipped"] == 0
+    assert not _ray_processes(tmp_path)
+
+
+def test_round_below_min_replies_is_skipped_and_model_kept(tmp_path: Path) -> None:
+    text = FAULTY.replace("rounds = 2", "rounds = 1").replace("min_replies = 2", "min_replies = 6")
+    out = tmp_path / "out"
+    result = _run(tmp_path, text.replace('slow_probability = 1.0', 'slow_probability = 0.0'), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert rounds.loc[0, "skipped"] == 1
+    # the global model is kept: same accuracy as the untrained initial model's
+    assert rounds.loc[0, "accuracy"] < 0.2
+
+
+def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    text = GOLDEN.replace("rounds = 2", "rounds = 4")
+    full = tmp_path / "full"
+    result = _run(tmp_path, text, full)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    path = tmp_path / "scenario.toml"
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "fededge.cli", "run", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tmp_path))
+    deadline = time.monotonic() + 300
+    rounds_csv = out / "rounds.csv"
+    while time.monotonic() < deadline:
+        if rounds_csv.exists() and len(pd.read_csv(rounds_csv)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err and "Traceback" not in err
+    done = len(pd.read_csv(rounds_csv))
+    assert 2 <= done < 4
+    time.sleep(1.0)
+    assert not _ray_processes(tmp_path), "orphan Ray processes after Ctrl-C"
+
+    result = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
+                            env=_env(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds_full, devices_full = _tables(full)
+    rounds_resumed, devices_resumed = _tables(out)
+    pd.testing.assert_frame_equal(rounds_full, rounds_resumed)
+    pd.testing.assert_frame_equal(devices_full, devices_resumed)
