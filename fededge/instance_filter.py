@@ -170,23 +170,50 @@ class FilterDecision:
     keep: Tensor  # (m,) bool
     sample: Tensor  # (m,) bool
     explored: Tensor  # (m,) bool
-    prob_high: Tensor  # (m,) float
+    score: Tensor  # (m,) float: logit margin z_H - z_L
+
+    @property
+    def prob_high(self) -> Tensor:
+        """p(H) of each instance (sigmoid of the logit margin)."""
+        return torch.sigmoid(self.score)
 
 
-def _top_share(score: Tensor, share: float, generator: torch.Generator | None) -> Tensor:
-    """Mask of the top ``share`` of ``score`` (ties broken at random).
+def _top_share(score: Tensor, share: float, draw: Tensor) -> Tensor:
+    """Mask of the top ``share`` of ``score``, ties broken by ``draw`` (uniform in [0, 1)).
 
-    ``share * m`` is rounded stochastically, so the kept share is ``share`` in
-    expectation for any mini-batch size.
+    ``share * m`` is rounded stochastically (with ``draw[0]``), so the kept
+    share is ``share`` in expectation for any mini-batch size.
     """
     m = len(score)
-    u = torch.rand(m + 1, generator=generator)
-    k = int(share * m + float(u[m]))
-    order = torch.argsort(u[:m]).to(score.device)  # random tie-break
-    ranked = order[torch.argsort(score[order], descending=True, stable=True)]
+    k = int(share * m + float(draw[0]))
+    if k <= 0:
+        return torch.zeros(m, dtype=torch.bool, device=score.device)
+    # a tie-break far below any real difference of margins
+    jittered = score.double() + draw.double() * 1e-9
     keep = torch.zeros(m, dtype=torch.bool, device=score.device)
-    keep[ranked[:k]] = True
+    keep[torch.topk(jittered, min(k, m)).indices] = True
     return keep
+
+
+def margin_for_entropy(entropy: float) -> float:
+    """The logit margin ``s >= 0`` at which the binary entropy of sigmoid(s) equals ``entropy``.
+
+    Entropy falls monotonically in ``|s|``, so "entropy > entropy_T" is "|s| < s_T".
+    """
+    if entropy >= math.log(2):
+        return 0.0
+    if entropy <= 0.0:
+        return math.inf
+
+    def h(s: float) -> float:
+        p = 1.0 / (1.0 + math.exp(-s))
+        return -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
+
+    lo, hi = 0.0, 60.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if h(mid) > entropy else (lo, mid)
+    return (lo + hi) / 2
 
 
 def binary_entropy(prob_high: Tensor) -> Tensor:
@@ -235,6 +262,7 @@ class InstanceFilter:
         self.threshold = (
             config.initial_threshold if config.initial_threshold is not None else math.nan
         )
+        self._uncertain_margin = margin_for_entropy(config.entropy_threshold)
         self._window: deque[tuple[int, float]] = deque(maxlen=config.window)
         self._inputs: list[Tensor] = []
         self._labels: list[Tensor] = []
@@ -243,39 +271,39 @@ class InstanceFilter:
     # ---------------------------------------------------------------- decide
     @torch.no_grad()
     def decide(self, x: Tensor, generator: torch.Generator | None = None) -> FilterDecision:
-        """Filter inference on a streamed mini-batch ``x`` (m, C, H, W)."""
+        """Filter inference on a streamed mini-batch ``x`` (m, C, H, W).
+
+        Works on the logit margin ``s = z_H - z_L`` (p(H) = sigmoid(s)): the
+        argmax rule is ``s > 0`` and "entropy above entropy_T" is ``|s| < s_T``
+        for the margin ``s_T`` where the entropy equals entropy_T -- the same
+        decisions as Eq. 4-5 with fewer tensor operations per mini-batch.
+        """
         cfg = self.config
         was_training = self.net.training
         self.net.eval()
         logits = self.net(x)
         self.net.train(was_training)
-        prob_high = F.softmax(logits, dim=1)[:, HIGH]
-        # Rank by the logit margin, which does not saturate as p(H) does in float32.
-        score = (logits[:, HIGH] - logits[:, LOW]).float()
-        m = len(prob_high)
+        score = (logits[:, HIGH] - logits[:, LOW]).float()  # does not saturate like p(H)
+        m = len(score)
+        draw = torch.rand(m, generator=generator).to(score.device)
         if math.isnan(self.threshold):
-            keep = torch.ones(m, dtype=torch.bool, device=prob_high.device)
+            keep = torch.ones(m, dtype=torch.bool, device=score.device)
         elif cfg.keep_rule == "argmax":
-            keep = prob_high > 0.5
+            keep = score > 0
         else:
-            keep = _top_share(score, cfg.target_ratio, generator)
+            keep = _top_share(score, cfg.target_ratio, draw)
         dropped = ~keep
-        draw = torch.rand(m, generator=generator).to(prob_high.device)
         explored = dropped & (draw < cfg.explore_ratio)
-        entropy = binary_entropy(prob_high)
-        uncertain = dropped & ~explored & (entropy > cfg.entropy_threshold)
+        margin = score.abs()
+        uncertain = dropped & ~explored & (margin < self._uncertain_margin)
         cap = int(cfg.max_sample_ratio * m)
-        if int(uncertain.sum()) > cap:
-            ranked = torch.where(uncertain, entropy, torch.full_like(entropy, -1.0))
-            top = (
-                torch.topk(ranked, cap).indices
-                if cap > 0
-                else ranked.new_zeros(0, dtype=torch.long)
-            )
+        if int(uncertain.sum()) > cap:  # the most uncertain first: smallest margins
+            ranked = torch.where(uncertain, margin, torch.full_like(margin, math.inf))
             uncertain = torch.zeros_like(uncertain)
-            uncertain[top] = True
+            if cap > 0:
+                uncertain[torch.topk(ranked, cap, largest=False).indices] = True
         return FilterDecision(
-            keep=keep, sample=uncertain | explored, explored=explored, prob_high=prob_high
+            keep=keep, sample=uncertain | explored, explored=explored, score=score
         )
 
     # --------------------------------------------------------------- observe

@@ -13,6 +13,7 @@ from fededge.instance_filter import (
     InstanceFilter,
     _top_share,
     binary_entropy,
+    margin_for_entropy,
     weighted_filter_loss,
 )
 
@@ -49,11 +50,23 @@ def test_entropy_is_ln2_at_half_and_zero_at_certainty() -> None:
 def test_top_share_keeps_the_best_scores_and_breaks_ties() -> None:
     gen = torch.Generator().manual_seed(0)
     score = torch.arange(10.0)
-    keep = _top_share(score, 0.3, gen)
+    keep = _top_share(score, 0.3, torch.rand(10, generator=gen))
     assert keep.sum() in (3, 4)  # 0.3 * 10 = 3, stochastic rounding adds at most one
     assert keep[-3:].all()
-    ties = _top_share(torch.zeros(100), 0.25, gen)
+    ties = _top_share(torch.zeros(100), 0.25, torch.rand(100, generator=gen))
     assert ties.sum() in (25, 26)  # ties are still cut at the share
+    # over many draws the kept share is the target in expectation
+    sizes = [int(_top_share(score, 0.25, torch.rand(10, generator=gen)).sum()) for _ in range(2000)]
+    assert abs(sum(sizes) / 2000 - 2.5) < 0.05
+
+
+@pytest.mark.parametrize("entropy", [0.1, 0.3, 0.6, 0.69])
+def test_entropy_margin_matches_the_entropy_rule(entropy: float) -> None:
+    s_t = margin_for_entropy(entropy)
+    p = torch.sigmoid(torch.tensor([s_t - 1e-3, s_t + 1e-3], dtype=torch.float64))
+    ent = binary_entropy(p)
+    assert ent[0] > entropy > ent[1]
+    assert margin_for_entropy(math.log(2)) == 0.0 and math.isinf(margin_for_entropy(0.0))
 
 
 def test_threshold_rises_when_true_highs_exceed_target_and_falls_otherwise() -> None:
