@@ -87,7 +87,11 @@ def scaled_scenario(devices: int, rounds: int, arrivals: int, max_concurrent: in
     phones = max(1, round(0.4 * devices))
     pis = max(1, round(0.4 * devices))
     mcus = devices - phones - pis
+    # Each device's share of MNIST (60000 / devices) is replayed often enough that
+    # every round brings ``arrivals`` new instances (else FedAvg's total weight is 0).
+    passes = max(2, math.ceil(rounds * arrivals * devices / 60_000))
     overrides = [
+        f"data.passes={passes}",
         f"fleet.tiers[0].count={phones}",
         f"fleet.tiers[1].count={pis}",
         f"fleet.tiers[2].count={max(mcus, 1)}",

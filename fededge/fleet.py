@@ -277,7 +277,10 @@ class FleetRuntime:
         filter_net = None
         if eif is not None:
             filter_net = self.filter_net
-            if not state or "filter" not in state["trainer"]:  # else the state restores it
+            # Every round, as the device's state is loaded over it: skipping this reset
+            # when a state exists changes results, so the state does not yet capture all
+            # that the filter net (shared by the devices of a process) carries over.
+            if state is None or "filter" not in state:
                 filter_net.load_state_dict(self.initial_filter_state(device_id))
         trainer = LocalTrainer(
             self.main_net,

@@ -54,12 +54,13 @@ Ranges, per tensor (or per slice along ``dim``), for b bits:
 Cost, in 32-bit-equivalent MACs. A MAC whose operands have a and b bits costs
 ``a·b / 32²`` of a 32x32-bit MAC: an 8x8 MAC 1/16, an 8x16 MAC 1/8. Reason: an
 array multiplier has a·b partial-product cells, so its area and energy grow with
-the product of the operand widths. Horowitz (ISSCC 2014, "Computing's energy
-problem", 45 nm, 0.9 V) measures an 8-bit integer multiply at 0.2 pJ against
-3.1 pJ for a 32-bit integer multiply (1/15.5; the rule says 1/16) and 3.7 pJ for
-a 32-bit float multiply (1/18.5); a 16-bit float multiply at 1.1 pJ (0.30 of
-32-bit float; the rule's 16x16 gives 1/4). The rule ignores the accumulator add
-(32-bit integer add 0.1 pJ) and memory traffic, which dominate real energy.
+the product of the operand widths. Horowitz's energy table (ISSCC 2014,
+"Computing's energy problem", 45 nm, 0.9 V) gives an 8-bit integer multiply
+0.2 pJ against 3.1 pJ for a 32-bit integer multiply (1/15.5; the rule says 1/16)
+and 3.7 pJ for a 32-bit float multiply (1/18.5); a 16-bit float multiply 1.1 pJ
+(0.30 of the 32-bit float one; the rule's 16x16 gives 1/4). The rule ignores the
+accumulator's adds (a 32-bit integer add: 0.1 pJ) and memory traffic (which
+dominates real energy), so it is a statement about arithmetic only.
 Widths charged per product of a quantized layer:
 
 * forward: weight_bits x activation_bits (8x8: 1/16);

@@ -319,6 +319,11 @@ def test_loop_32bit_equivalent_cost_with_emp_by_hand() -> None:
     assert ledger.spent_macs_32eq == 2 * per_step
 
 
+def test_stochastic_rounding_is_reproducible_through_the_loop() -> None:
+    a, b = _run(None, QuantConfig()), _run(None, QuantConfig())
+    assert a.loss_sum == b.loss_sum and a.spent_macs_32eq == b.spent_macs_32eq
+
+
 # --------------------------------------------------------------------------- scenarios
 
 SCENARIO = """
