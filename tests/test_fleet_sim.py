@@ -73,8 +73,12 @@ def _ray_dir(tmp_path: Path) -> Path:
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(FEDEDGE_RAY_TMPDIR=str(_ray_dir(tmp_path)), RAY_USAGE_STATS_ENABLED="0",
-               FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(
+        FEDEDGE_RAY_TMPDIR=str(_ray_dir(tmp_path)),
+        RAY_USAGE_STATS_ENABLED="0",
+        FLWR_TELEMETRY_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -144,7 +148,9 @@ def test_tight_budget_stops_devices_and_the_ledger_shows_it(tmp_path: Path) -> N
     assert tiers.loc["pis", "budget_exhausted"] == 4
 
 
-FAULTY = GOLDEN.replace("[server]\nmin_replies = 1", "[server]\nmin_replies = 2\ntimeout_s = 20.0") + """
+FAULTY = (
+    GOLDEN.replace("[server]\nmin_replies = 1", "[server]\nmin_replies = 2\ntimeout_s = 20.0")
+    + """
 [[fleet.tiers]]
 name = "crashing"
 profile = "phone"
@@ -162,6 +168,7 @@ profile = "phone"
 count = 1
 dropout = 0.99
 """
+)
 
 
 def test_faults_are_counted_per_tier_and_do_not_stop_the_run(tmp_path: Path) -> None:
@@ -175,14 +182,16 @@ def test_faults_are_counted_per_tier_and_do_not_stop_the_run(tmp_path: Path) -> 
     assert "timeout" in devices[devices["tier"] == "slow"]["reason"].iloc[0]
     assert by_tier["offline"] == ["dropped"]
     rounds = pd.read_csv(out / "rounds.csv")
-    assert rounds.loc[0, "ok"] == 4 and rounds.loc[0, "failed"] == 3 and rounds.loc[0, "skipped"] == 0
+    assert (
+        rounds.loc[0, "ok"] == 4 and rounds.loc[0, "failed"] == 3 and rounds.loc[0, "skipped"] == 0
+    )
     assert not _ray_processes(tmp_path)
 
 
 def test_round_below_min_replies_is_skipped_and_model_kept(tmp_path: Path) -> None:
     text = FAULTY.replace("rounds = 2", "rounds = 1").replace("min_replies = 2", "min_replies = 6")
     out = tmp_path / "out"
-    result = _run(tmp_path, text.replace('slow_probability = 1.0', 'slow_probability = 0.0'), out)
+    result = _run(tmp_path, text.replace("slow_probability = 1.0", "slow_probability = 0.0"), out)
     assert result.returncode == 0, result.stderr[-3000:]
     rounds = pd.read_csv(out / "rounds.csv")
     assert rounds.loc[0, "skipped"] == 1
@@ -199,8 +208,9 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: 
     path = tmp_path / "scenario.toml"
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "fededge.cli", "run", str(path), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
     deadline = time.monotonic() + 300
     rounds_csv = out / "rounds.csv"
     while time.monotonic() < deadline:
@@ -216,8 +226,9 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: 
     time.sleep(1.0)
     assert not _ray_processes(tmp_path), "orphan Ray processes after Ctrl-C"
 
-    result = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
-                            env=_env(tmp_path), timeout=600)
+    result = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, env=_env(tmp_path), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rounds_full, devices_full = _tables(full)
     rounds_resumed, devices_resumed = _tables(out)
