@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fededge.error_map import EMPConfig, ErrorMapPruner, KernelPlans
+from fededge.error_map import EMPConfig, ErrorMapPruner, KernelPlans, Kernels
 from fededge.flops import ModelCost, model_cost
 from fededge.instance_filter import EIFConfig, InstanceFilter
 from fededge.ledger import Ledger
@@ -116,6 +116,10 @@ class LocalTrainer:
     seed : seeds the trainer's generator (augmentation, data order within the loop).
     device : where the nets run.
     main_cost, filter_cost : the nets' per-instance costs (computed when omitted).
+    emp_kernels : how EMP picks its backward kernels: ``"rule"`` (default) is
+        bitwise reproducible -- same seed, same numbers; ``"autotune"`` times the
+        candidates online and may pick differently run to run (faster, but the
+        results then differ in floating-point rounding).
     emp_plans : EMP kernel choices shared with other trainers (e.g. one per process,
         for every device it hosts), so autotuning is not repeated per trainer.
     quant : quantized-training parameters, or None for float32 training.
@@ -136,6 +140,7 @@ class LocalTrainer:
         main_cost: ModelCost | None = None,
         filter_cost: ModelCost | None = None,
         emp_plans: KernelPlans | None = None,
+        emp_kernels: Kernels = "rule",
         quant: QuantConfig | None = None,
     ) -> None:
         if (filter_net is None) != (eif is None):
@@ -157,7 +162,11 @@ class LocalTrainer:
         if filter_net is not None and eif is not None:
             self.filter = InstanceFilter(filter_net, eif)
             self.filter_cost = filter_cost or model_cost(filter_net, input_shape)
-        self.pruner = ErrorMapPruner(model, emp, plans=emp_plans) if emp is not None else None
+        self.pruner = (
+            ErrorMapPruner(model, emp, kernels=emp_kernels, plans=emp_plans)
+            if emp is not None
+            else None
+        )
         self.quantizer: ModelQuantizer | None = None
         self.filter_quantizer: ModelQuantizer | None = None
         if quant is not None:
