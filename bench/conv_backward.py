@@ -161,7 +161,8 @@ def print_table(arms: list[Arm], args: argparse.Namespace, clean: int, rounds: i
     print(
         f"{args.model}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}; median of {clean} interleaved "
-        f"rounds ({rounds - clean} discarded: other processes were using the CPU); ms\n"
+        f"rounds ({rounds - clean} discarded: other processes were using the CPU"
+        f"{'; busy rounds kept' if args.keep_busy_rounds else ''}); ms\n"
     )
     head = f"{'conv layer':<16}{'shape':<14}{'dense':>8}"
     head += "".join(f"{a.name:>12}{'ratio':>7}" for a in others)
@@ -207,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-alpha1", action="store_true", help="skip the EMP a=1 arm")
     parser.add_argument("--channels-last", action="store_true", help="model and data NHWC")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep-busy-rounds",
+        action="store_true",
+        help="keep rounds during which other processes used the CPU (a machine that is never "
+        "quiet; the arms still interleave, so ratios stay comparable)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         before = other_cpu_ticks()
         results = run_round(arms, x, y)
         after = other_cpu_ticks()
-        if before is not None and after is not None and after - before > 2:
+        busy = before is not None and after is not None and after - before > 2
+        if busy and not args.keep_busy_rounds:
             continue  # another process ran: this round's timings are not comparable
         clean += 1
         for arm, times in zip(arms, results, strict=True):

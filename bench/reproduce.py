@@ -71,7 +71,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
     results = []
     for arm in args.arms:
         tokens = arm.split("+")
-        eif = EIFConfig(target_ratio=args.target_ratio) if "eif" in tokens else None
+        eif = EIFConfig(target_ratio=args.target_ratio, **args.eif) if "eif" in tokens else None
         emp = EMPConfig(keep_ratio=args.keep_ratio) if "emp" in tokens else None
         quant = QuantConfig() if "q" in tokens else None
         common = dict(
@@ -142,6 +142,26 @@ def table(suite: str, results: list[SingleResult]) -> str:
     return "\n".join(lines)
 
 
+def parse_eif_fields(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` strings to EIFConfig keyword arguments (typed like the defaults)."""
+    defaults = EIFConfig()
+    fields: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not hasattr(defaults, name) or name == "target_ratio":
+            parser.error(f"--eif {item!r}: expected FIELD=VALUE with an EIFConfig field")
+        default = getattr(defaults, name)
+        try:
+            fields[name] = text if isinstance(default, str) else type(default or 0.0)(text)
+        except ValueError:
+            parser.error(f"--eif {item!r}: {name} expects a {type(default).__name__}")
+    try:
+        EIFConfig(**fields)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        parser.error(f"--eif: {err}")
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", choices=["lenet", "cifar"])
@@ -155,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-points", type=int, default=0, help="accuracy checkpoints")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--eif",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set an EIFConfig field for the EIF arms, e.g. keep_rule=argmax (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     bad = [a for a in args.arms if a != "none" and not set(a.split("+")) <= set(SAVERS)]
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown arms {bad}; expected 'none' or '+'-joined savers from {', '.join(SAVERS)}, "
             f"e.g. {', '.join(ARMS)}"
         )
+    args.eif = parse_eif_fields(parser, args.eif)
     started = time.time()
     results = run_suite(args)
     text = table(args.suite, results)

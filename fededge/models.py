@@ -579,6 +579,11 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
     return cifar_resnet(int(name.removeprefix("resnet")), num_classes, in_channels)
 
 
+def default_filter(dataset: str) -> str:
+    """The paper's filter net for a dataset: slim LeNet for 28x28, ResNet-8 otherwise."""
+    return "slim-lenet" if dataset in ("mnist", "fashion-mnist") else "resnet8"
+
+
 def build_filter(name: str, *, in_channels: int, image_size: int) -> nn.Module:
     """Build an early-instance-filter network by name (2 logits: L = 0, H = 1).
 

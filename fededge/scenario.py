@@ -357,6 +357,8 @@ class Scenario:
     """
 
     def __init__(self, model: ScenarioModel, raw: dict[str, Any], source: str) -> None:
+        from fededge.models import default_filter
+
         self.model = model
         self.raw = raw
         self.source = source
@@ -395,11 +397,6 @@ class Scenario:
 
     def __repr__(self) -> str:
         return f"Scenario({self.run.name!r}, {self.num_devices} devices, {self.run.rounds} rounds)"
-
-
-def default_filter(dataset: str) -> str:
-    """The paper's filter net for a dataset: slim LeNet for 28x28, ResNet-8 otherwise."""
-    return "slim-lenet" if dataset in ("mnist", "fashion-mnist") else "resnet8"
 
 
 # --------------------------------------------------------------------------- loading

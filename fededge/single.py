@@ -18,9 +18,8 @@ from fededge.data import load_dataset
 from fededge.error_map import EMPConfig
 from fededge.instance_filter import EIFConfig
 from fededge.ledger import Ledger
-from fededge.models import build_filter, build_model
+from fededge.models import build_filter, build_model, default_filter
 from fededge.quantize import QuantConfig
-from fededge.scenario import default_filter
 from fededge.training import LocalTrainer, TrainConfig, evaluate
 
 
