@@ -209,7 +209,14 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: 
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "fededge.cli", "run", str(path), "--out", str(out)]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+        # a test run started in the background by a non-interactive shell inherits
+        # SIGINT ignored, and Python then keeps ignoring it: give the run the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     rounds_csv = out / "rounds.csv"
