@@ -108,6 +108,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 momentum=0.9,
                 weight_decay=1e-4,
                 lr_milestones=(0.5, 0.75),
+                warmup_iterations=args.warmup,
                 **common,
             )  # type: ignore[arg-type]
         print(
@@ -178,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-points", type=int, default=0, help="accuracy checkpoints")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="cifar: streamed mini-batches at lr 0.01 first (He et al. use 400 for ResNet-110)",
+    )
     parser.add_argument(
         "--eif",
         action="append",

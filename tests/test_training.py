@@ -120,3 +120,15 @@ def test_device_state_round_trips_between_trainers() -> None:
     assert second.position == first.position == 200
     for pa, pb in zip(first.filter.net.parameters(), second.filter.net.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_stream_lr_warms_up_then_steps_down_at_milestones() -> None:
+    from fededge.single import stream_lr
+
+    kw = dict(total=1000, lr=0.1, milestones=(0.5, 0.75), gamma=0.1)
+    assert stream_lr(0, **kw, warmup_instances=100, warmup_lr=0.01) == 0.01  # type: ignore[arg-type]
+    assert stream_lr(99, **kw, warmup_instances=100) == 0.01  # type: ignore[arg-type]
+    assert stream_lr(100, **kw, warmup_instances=100) == 0.1  # type: ignore[arg-type]
+    assert stream_lr(499, **kw) == 0.1  # type: ignore[arg-type]
+    assert stream_lr(500, **kw) == pytest.approx(0.01)  # type: ignore[arg-type]
+    assert stream_lr(750, **kw) == pytest.approx(0.001)  # type: ignore[arg-type]
