@@ -258,13 +258,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
     except FedEdgeError as exc:
         print(f"fededge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\nfededge: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        _exit_despite_stuck_threads(code)
+    return code
+
+
+def _exit_despite_stuck_threads(code: int, grace_s: float = 5.0) -> None:
+    """After Ctrl-C, end the process even if a library thread never returns.
+
+    Flower's simulation engine runs ClientApp calls on worker threads that wait
+    in ``ray.get``; when Ctrl-C stops the run, Ray is shut down under them and
+    such a thread can wait forever -- and the interpreter joins those threads at
+    exit. Everything worth keeping is on disk by now (rounds are written
+    atomically, Ray is shut down), so after a short grace period the process
+    exits without joining them. Does nothing when no other thread is left.
+    """
+    import threading
+
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
