@@ -225,7 +225,12 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: 
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a hung run behind
+        _, err = proc.communicate()
+        pytest.fail(f"the run did not stop within 120 s of Ctrl-C: {err[-2000:]}")
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in err and "Traceback" not in err
     done = len(pd.read_csv(rounds_csv))
