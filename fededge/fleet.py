@@ -309,11 +309,10 @@ class FleetRuntime:
         filter_net = None
         if eif is not None:
             filter_net = self.filter_net
-            # Every round, as the device's state is loaded over it: skipping this reset
-            # when a state exists changes results, so the state does not yet capture all
-            # that the filter net (shared by the devices of a process) carries over.
-            if state is None or "filter" not in state:
-                filter_net.load_state_dict(self.initial_filter_state(device_id))
+            # Reset every round, also when the device's state (loaded below) overwrites
+            # the weights: the reset also leaves torch's global generator as building
+            # the device's filter does, and skipping it changes results.
+            filter_net.load_state_dict(self.initial_filter_state(device_id))
         trainer = LocalTrainer(
             self.main_net,
             self.train_data,
