@@ -117,6 +117,10 @@ def simulate(
             )
     except KeyboardInterrupt:
         stop.set()  # the server thread leaves its round at once (RunStopped)
+        # Shutting Ray down under the engine's worker threads makes each one log
+        # its lost ClientApp call as an error with a traceback: expected after
+        # Ctrl-C and only noise to the user, so Flower's log ends here.
+        logging.getLogger("flwr").addFilter(lambda record: False)
         raise
     finally:
         stop.set()
