@@ -74,7 +74,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
         tokens = arm.split("+")
         eif = EIFConfig(target_ratio=args.target_ratio, **args.eif) if "eif" in tokens else None
         emp = EMPConfig(keep_ratio=args.keep_ratio) if "emp" in tokens else None
-        quant = QuantConfig() if "q" in tokens else None
+        quant = QuantConfig(**args.q) if "q" in tokens else None
         common = dict(
             savers=arm,
             eif=eif,
@@ -146,23 +146,38 @@ def table(suite: str, results: list[SingleResult]) -> str:
     return "\n".join(lines)
 
 
-def parse_eif_fields(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, object]:
-    """``FIELD=VALUE`` strings to EIFConfig keyword arguments (typed like the defaults)."""
-    defaults = EIFConfig()
+def parse_fields(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    cls: type[EIFConfig] | type[QuantConfig],
+    items: list[str],
+    reserved: tuple[str, ...] = (),
+) -> dict[str, object]:
+    """``FIELD=VALUE`` strings to keyword arguments of ``cls`` (typed like its defaults)."""
+    defaults = cls()
     fields: dict[str, object] = {}
     for item in items:
         name, sep, text = item.partition("=")
-        if not sep or not hasattr(defaults, name) or name == "target_ratio":
-            parser.error(f"--eif {item!r}: expected FIELD=VALUE with an EIFConfig field")
+        if not sep or not hasattr(defaults, name) or name in reserved:
+            parser.error(f"{flag} {item!r}: expected FIELD=VALUE with a {cls.__name__} field")
         default = getattr(defaults, name)
         try:
-            fields[name] = text if isinstance(default, str) else type(default or 0.0)(text)
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                fields[name] = text.lower() == "true"
+            elif isinstance(default, str):
+                fields[name] = text
+            elif isinstance(default, tuple):
+                fields[name] = tuple(p for p in text.split(",") if p)
+            else:
+                fields[name] = type(default or 0.0)(text)
         except ValueError:
-            parser.error(f"--eif {item!r}: {name} expects a {type(default).__name__}")
+            parser.error(f"{flag} {item!r}: {name} expects a {type(default).__name__}")
     try:
-        EIFConfig(**fields)  # type: ignore[arg-type]
+        cls(**fields)  # type: ignore[arg-type]
     except (TypeError, ValueError) as err:
-        parser.error(f"--eif: {err}")
+        parser.error(f"{flag}: {err}")
     return fields
 
 
@@ -192,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="set an EIFConfig field for the EIF arms, e.g. keep_rule=argmax (repeatable)",
     )
+    parser.add_argument(
+        "--q",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set a QuantConfig field for the q arms, e.g. range_bn=false (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     bad = [a for a in args.arms if a != "none" and not set(a.split("+")) <= set(SAVERS)]
@@ -200,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown arms {bad}; expected 'none' or '+'-joined savers from {', '.join(SAVERS)}, "
             f"e.g. {', '.join(ARMS)}"
         )
-    args.eif = parse_eif_fields(parser, args.eif)
+    args.eif = parse_fields(parser, "--eif", EIFConfig, args.eif, reserved=("target_ratio",))
+    args.q = parse_fields(parser, "--q", QuantConfig, args.q)
     started = time.time()
     results = run_suite(args)
     text = table(args.suite, results)

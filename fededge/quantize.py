@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from fededge.errors import ConfigError, ConfigIssue
-from fededge.range_bn import RangeBatchNorm2d
+from fededge.range_bn import CHUNKS, RangeBatchNorm2d
 
 if TYPE_CHECKING:
     from fededge.error_map import ErrorMapPruner
@@ -129,6 +129,9 @@ class QuantConfig:
         Stochastic rounding for δ and weight gradients (else round to nearest).
     range_bn : bool
         Replace batch norm's variance by Range BN's scaled range.
+    range_bn_chunks : int
+        Groups of samples whose ranges Range BN averages (>= 1; Banner et al.'s
+        code: 10; see :class:`~fededge.range_bn.RangeBatchNorm2d`).
     weight_per_channel : bool
         One max-abs range per output channel of W instead of one per tensor.
     exempt : tuple of str
@@ -149,6 +152,7 @@ class QuantConfig:
     grad_bits: int = 16
     stochastic: bool = True
     range_bn: bool = True
+    range_bn_chunks: int = CHUNKS
     weight_per_channel: bool = False
     exempt: tuple[str, ...] = ()
     include_filter: bool = True
@@ -165,6 +169,11 @@ class QuantConfig:
                 or not (2 <= value <= 16 or value == FULL_BITS)
             ):
                 issues.append(ConfigIssue(name, f"must be an integer 2..16 or 32, got {value!r}"))
+        chunks = self.range_bn_chunks
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            issues.append(
+                ConfigIssue("range_bn_chunks", f"must be an integer >= 1, got {chunks!r}")
+            )
         for name in ("stochastic", "range_bn", "weight_per_channel", "include_filter"):
             if not isinstance(getattr(self, name), bool):
                 value = getattr(self, name)
@@ -374,6 +383,7 @@ class ModelQuantizer:
             for bn in model.modules():
                 if type(bn) is nn.BatchNorm2d:
                     bn.__class__ = RangeBatchNorm2d
+                    cast(RangeBatchNorm2d, bn).chunks = config.range_bn_chunks
                     self._range_bn.append(bn)
 
     @property
@@ -388,6 +398,7 @@ class ModelQuantizer:
         self._handles.clear()
         for module in self._range_bn:
             module.__class__ = nn.BatchNorm2d
+            del module.chunks
         self._range_bn.clear()
         self._layers.clear()
 

@@ -17,7 +17,7 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
                    initial_threshold, lr, lr_final, momentum, weight_decay
     [savers.emp]   enabled, keep_ratio, gamma_weight, gamma_error, exempt
     [savers.quant] enabled, weight_bits, activation_bits, error_bits, grad_bits, stochastic,
-                   range_bn, weight_per_channel, exempt, include_filter
+                   range_bn, range_bn_chunks, weight_per_channel, exempt, include_filter
     [[fleet.tiers]] name, profile, count, budget_macs | budget_seconds | budget_joules,
                    dropout, arrivals_per_round, savers (per-tier overrides)
     [fleet.profiles.NAME]  custom device profiles
@@ -168,6 +168,7 @@ class QuantSection(Section):
     grad_bits: Bits = 16
     stochastic: StrictBool = True
     range_bn: StrictBool = True
+    range_bn_chunks: Annotated[StrictInt, Field(ge=1)] = 10
     weight_per_channel: StrictBool = False
     exempt: tuple[StrictStr, ...] = ()
     include_filter: StrictBool = True

@@ -103,10 +103,11 @@ def test_mac_cost_is_the_product_of_widths_over_32_squared() -> None:
 
 def test_config_reports_every_problem_at_once() -> None:
     with pytest.raises(QuantConfigError) as info:
-        QuantConfig(weight_bits=1, activation_bits=20, stochastic="yes")  # type: ignore[arg-type]
+        QuantConfig(weight_bits=1, activation_bits=20, stochastic="yes", range_bn_chunks=0)  # type: ignore[arg-type]
     message = str(info.value)
     assert "weight_bits" in message and "activation_bits" in message and "stochastic" in message
-    assert len(info.value.issues) == 3
+    assert "range_bn_chunks" in message and "got 0" in message
+    assert len(info.value.issues) == 4
     assert QuantConfig(grad_bits=32).grad_weight_bits == (8, 32)
 
 
@@ -116,6 +117,7 @@ def test_config_reports_every_problem_at_once() -> None:
 def test_range_bn_on_a_hand_example() -> None:
     # Prepare: one channel, n = 4 values [1, 2, 3, 6]: mean 3, range 5.
     bn = RangeBatchNorm2d(1, eps=0.0, momentum=0.1)
+    bn.chunks = 1  # one range over the whole mini-batch
     x = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]]], requires_grad=True)  # (2, 1, 1, 2)
     c = 1 / (2 * math.sqrt(2 * math.log(4)))
     assert range_scale(4) == pytest.approx(c)
@@ -132,6 +134,26 @@ def test_range_bn_on_a_hand_example() -> None:
     bn.eval()
     out = bn(torch.full((1, 1, 1, 1), 1.3)).detach()
     assert float(out) == pytest.approx(1.0 / math.sqrt(float(bn.running_var)))
+
+
+def test_range_bn_averages_the_ranges_of_sample_groups() -> None:
+    # Prepare: samples [1, 2] and [3, 6] (one channel): two groups, ranges 1 and 3.
+    bn = RangeBatchNorm2d(1, eps=0.0)
+    assert bn.chunks == 10
+    x = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]]], requires_grad=True)
+    # Execute
+    y = bn(x)
+    # Assert: s = C(2) * (1 + 3) / 2 (two groups of 2 values); mean 3
+    s = range_scale(2) * 2.0
+    assert y.flatten().tolist() == pytest.approx([(v - 3.0) / s for v in (1.0, 2.0, 3.0, 6.0)])
+    # the scale's gradient reaches the max and min of both groups, not only 1 and 6
+    (y * torch.tensor([1.0, 0.0, 0.0, 0.0]).view(2, 1, 1, 2)).sum().backward()
+    assert x.grad is not None and (x.grad.flatten() != 0).sum() == 4
+    # 1x1 maps: groups of 2 samples, so 5 samples make 2 groups (sizes 3 and 2)
+    z = torch.tensor([1.0, 2.0, 4.0, 0.0, 3.0]).view(5, 1, 1, 1)
+    out = bn(z)
+    s = (range_scale(3) * 3.0 + range_scale(2) * 3.0) / 2
+    assert out.flatten().tolist() == pytest.approx([(v - 2.0) / s for v in (1, 2, 4, 0, 3)])
 
 
 def test_range_bn_needs_two_values_per_channel() -> None:
@@ -185,15 +207,16 @@ def test_attach_keeps_names_and_remove_restores_the_float_model() -> None:
     x = torch.randn(6, 1, 4, 4)
     keys = list(model.state_dict())
     reference = model(x)
-    quantizer = ModelQuantizer(model, QuantConfig())
+    quantizer = ModelQuantizer(model, QuantConfig(range_bn_chunks=3))
     assert isinstance(model[1], RangeBatchNorm2d)
+    assert model[1].chunks == 3
     assert quantizer.layer_names == ("0", "4")
     quantized = model(x)
     assert list(model.state_dict()) == keys
     assert all(isinstance(p, nn.Parameter) for p in model.parameters())
     assert not torch.allclose(quantized, reference)
     quantizer.remove()
-    assert type(model[1]) is nn.BatchNorm2d
+    assert type(model[1]) is nn.BatchNorm2d and "chunks" not in vars(model[1])
     assert not model[0]._forward_pre_hooks and not model[0]._forward_hooks
     assert torch.allclose(model(x), reference)
 
