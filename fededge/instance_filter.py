@@ -252,6 +252,11 @@ class InstanceFilter:
 
     def __init__(self, net: nn.Module, config: EIFConfig) -> None:
         self.net = net
+        # Switching modes walks every submodule; only worth it when the mode changes something.
+        self._mode_matters = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd)
+            for m in net.modules()
+        )
         self.config = config
         self.optimizer = torch.optim.SGD(
             net.parameters(),
@@ -280,9 +285,11 @@ class InstanceFilter:
         """
         cfg = self.config
         was_training = self.net.training
-        self.net.eval()
+        if self._mode_matters:
+            self.net.eval()
         logits = self.net(x)
-        self.net.train(was_training)
+        if self._mode_matters:
+            self.net.train(was_training)
         score = (logits[:, HIGH] - logits[:, LOW]).float()  # does not saturate like p(H)
         m = len(score)
         draw = torch.rand(m, generator=generator).to(score.device)
@@ -352,7 +359,8 @@ class InstanceFilter:
         labels = torch.cat(self._labels)
         self._inputs.clear()
         self._labels.clear()
-        self.net.train()
+        if not self.net.training:
+            self.net.train()
         loss = weighted_filter_loss(self.net(x), labels, self.config.target_ratio)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

@@ -313,7 +313,8 @@ class LocalTrainer:
         sample_macs = n_sample * self.main_cost.forward_macs
         if n_sample and ledger.spent_macs + sample_macs + step <= budget:
             with torch.no_grad(), frozen_batchnorm_stats(self.model):
-                self.model.train()
+                if not self.model.training:
+                    self.model.train()
                 losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
             self.filter.observe(
                 x[sample], losses, predicted_high=False, explored=decision.explored[sample]
@@ -365,7 +366,8 @@ class LocalTrainer:
         """One SGD step of the main net on ``idx``; accounts MACs from EMP's choices."""
         x, y = self._fetch(idx)
         n = len(idx)
-        self.model.train()
+        if not self.model.training:  # (a whole-tree walk otherwise, every step)
+            self.model.train()
         losses = F.cross_entropy(self.model(x), y, reduction="none")
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()  # type: ignore[no-untyped-call]

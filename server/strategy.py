@@ -38,6 +38,9 @@ from fededge.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two pulls of replies (as ``InMemoryGrid.pull_interval``).
+PULL_INTERVAL_S = 0.1
+
 #: Metric keys every train reply must carry (the ledger minus the optional budget).
 REQUIRED_METRICS = (
     *(k for k in Ledger.field_names() if k != "budget_macs"),
@@ -272,7 +275,9 @@ class FleetStrategy(FedAvg):
             replies.extend(got)
             waiting.difference_update(m.metadata.reply_to_message_id for m in got)
             if waiting:
-                self.stop.wait(0.05)
+                # Flower's own send_and_receive pulls every 0.1 s; each pull scans every
+                # waiting message under the state's lock, so polling faster costs the fleet.
+                self.stop.wait(PULL_INTERVAL_S)
         return replies
 
     def wait_for_nodes(self, grid: Grid, timeout_s: float) -> list[int]:
