@@ -34,8 +34,8 @@ x               the layer's input           8       min-max          nearest
   :class:`~fededge.range_bn.RangeBatchNorm2d` (Range BN) for as long as the quantizer is
   attached; its scale is the mean range of ``range_bn_chunks`` groups of samples
   (10, as in Banner et al.'s code: with one range per mini-batch, ResNet-20 lost
-  2.1 pt on CIFAR-10 against float32, with 10 groups 0.9 pt). Batch-norm arithmetic, pooling, residual adds and the optimizer
-  step stay in float32.
+  2.1 pt on CIFAR-10 against float32, with 10 groups 0.9 pt). Batch-norm arithmetic,
+  pooling, residual adds and the optimizer step stay in float32.
 * The filter net of EIF is quantized the same way (``include_filter``), whole:
   ``exempt`` names layers of the main net.
 
