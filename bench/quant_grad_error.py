@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -124,10 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         rows["minibatch noise"].append(_compare(ref, _gradients(model, *probes[i + 1])))
         for name, fields in VARIANTS.items():
             model.load_state_dict(snapshot)
-            config = replace(QuantConfig(), **fields)  # type: ignore[arg-type]
+            config = QuantConfig(**fields)  # type: ignore[arg-type]
             with ModelQuantizer(model, config, seed=args.seed + i):
                 rows[name].append(_compare(ref, _gradients(model, x, y)))
-    model.load_state_dict(snapshot)
 
     print(
         f"{args.model} on {args.dataset}: {args.warm} float SGD mini-batches ({warm_s:.0f} s), "

@@ -70,11 +70,12 @@ class RangeBatchNorm2d(nn.BatchNorm2d):
         per_sample = x.shape[2] * x.shape[3]  # values of a channel in one sample
         k = min(self.chunks, x.shape[0] if per_sample >= 2 else x.shape[0] // 2)
         groups = torch.tensor_split(x, max(k, 1), dim=0)  # sizes differ by at most 1
-        scale = sum(
-            range_scale(g.numel() // x.shape[1]) * (g.amax(dim=dims) - g.amin(dim=dims))
-            for g in groups
-        ) / len(groups)  # (C,)
-        assert isinstance(scale, Tensor)
+        scale = torch.stack(
+            [
+                range_scale(g.numel() // x.shape[1]) * (g.amax(dim=dims) - g.amin(dim=dims))
+                for g in groups
+            ]
+        ).mean(dim=0)  # (C,)
         if self.training and self.track_running_stats:
             assert self.num_batches_tracked is not None
             assert self.running_mean is not None and self.running_var is not None

@@ -168,7 +168,7 @@ class QuantSection(Section):
     grad_bits: Bits = 16
     stochastic: StrictBool = True
     range_bn: StrictBool = True
-    range_bn_chunks: Annotated[StrictInt, Field(ge=1)] = 10
+    range_bn_chunks: Annotated[StrictInt, Field(ge=1)] = 10  # fededge.range_bn.CHUNKS
     weight_per_channel: StrictBool = False
     exempt: tuple[StrictStr, ...] = ()
     include_filter: StrictBool = True
