@@ -13,7 +13,11 @@ both (``[simulation]`` of ``scenarios/fleet-500.toml``: 1 CPU per client,
   round (same partition, same stream order, ``--arrivals`` instances), plain SGD
   over all of them, no savers, no ledger, no device state, stock ``FedAvg``
   (its only setting: the train metrics are summed, not averaged) and the same
-  central evaluation.
+  central evaluation, on Flower's stock simulation engine;
+- **flower+dispatch**: the same plain app on the engine as fededge runs it, with
+  :mod:`server.dispatch` (messages handed to the workers in one scan per sweep
+  instead of one scan per device): the like-for-like baseline for what fededge's
+  device model, streams and ledger add.
 
 Each arm runs in its own child process (a fresh Ray), one after the other.
 Columns of the table:
@@ -31,7 +35,8 @@ Columns of the table:
   ``overhead`` = ``(round wall x concurrent clients - sum of train) / replies``:
   the worker time per device-round not spent training (framework, transport,
   (de)serialisation, device state, ledger, server aggregation, report, evaluation);
-- *ratio*: fededge's overhead / plain Flower's at the same N, in the same run;
+- *ratio*: fededge's overhead / plain Flower's (stock engine) at the same N, in
+  the same run; *ratio, same engine*: / flower+dispatch's;
 - *CPU*: CPU seconds (user + system) of the whole process tree during the later
   rounds per device-round, training included: robust to other load on the
   machine, which inflates the wall-clock columns;
@@ -78,7 +83,7 @@ from fededge.streams import DeviceStream
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SCENARIO = REPO / "scenarios" / "fleet-500.toml"
-ARMS = ("fededge", "flower")
+ARMS = ("fededge", "flower", "flower+dispatch")
 
 
 # --------------------------------------------------------------------------- scenario
@@ -289,15 +294,22 @@ def run_fededge(scenario: Any, out_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def run_flower(scenario: Any) -> list[dict[str, float]]:
-    """Run the plain Flower arm; per-round wall, train and client seconds."""
+def run_flower(scenario: Any, *, dispatch: bool = False) -> list[dict[str, float]]:
+    """Run the plain Flower arm; per-round wall, train and client seconds.
+
+    With ``dispatch`` the engine hands out messages as fededge's does
+    (:func:`server.dispatch.install`).
+    """
     import warnings
 
     from flwr.simulation import run_simulation
 
+    from server.dispatch import install
     from server.simulation import backend_config, quiet_environment
 
     quiet_environment()
+    if dispatch:
+        install()
     sys.path.insert(0, str(BENCH_DIR))
     import fleet_scale  # by name, so Ray workers import it rather than unpickle copies
 
@@ -325,7 +337,7 @@ def child(args: argparse.Namespace) -> None:
         if args.child == "fededge":
             rounds = run_fededge(scenario, Path(tmp) / "out")
         else:
-            rounds = run_flower(scenario)
+            rounds = run_flower(scenario, dispatch=args.child == "flower+dispatch")
     result = {"rounds": rounds, "total_s": time.perf_counter() - started, "start": start}
     Path(args.result).write_text(json.dumps(result))
 
@@ -470,30 +482,39 @@ def best_runs(results: list[dict[str, Any]], concurrent: int) -> list[dict[str, 
     return chosen
 
 
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}" if base else "-"
+
+
 def table(results: list[dict[str, Any]], concurrent: int) -> str:
     """The markdown table of every (devices, arm); repeats reduced to their median run."""
     lines = [
         "| devices | framework | first round s | round s | train ms/dev-round | "
-        "client ms/dev-round | overhead ms/dev-round | overhead ratio | CPU ms/dev-round | "
-        "peak PSS GB | peak RSS GB | processes | load | total s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "client ms/dev-round | overhead ms/dev-round | overhead ratio | ratio, same engine | "
+        "CPU ms/dev-round | peak PSS GB | peak RSS GB | processes | load | total s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = best_runs(results, concurrent)
-    plain = {
-        r["devices"]: summarize(r, concurrent)["overhead_ms"]
-        for r in runs
-        if r["arm"] == "flower" and "error" not in r
-    }
+
+    def overheads(arm: str) -> dict[int, float]:
+        return {
+            r["devices"]: summarize(r, concurrent)["overhead_ms"]
+            for r in runs
+            if r["arm"] == arm and "error" not in r
+        }
+
+    plain, same_engine = overheads("flower"), overheads("flower+dispatch")
     for r in runs:
         if "error" in r:
             lines.append(f"| {r['devices']} | {r['arm']} | failed: {r['error']} |")
             continue
         s = summarize(r, concurrent)
-        base = plain.get(r["devices"])
-        ratio = f"{s['overhead_ms'] / base:.2f}" if base else "-"
+        ratio = _ratio(s["overhead_ms"], plain.get(r["devices"]))
+        ratio_same = _ratio(s["overhead_ms"], same_engine.get(r["devices"]))
         lines.append(
             f"| {r['devices']} | {r['arm']} | {s['first_s']:.1f} | {s['round_s']:.2f} | "
-            f"{s['train_ms']:.1f} | {s['client_ms']:.1f} | {s['overhead_ms']:.1f} | {ratio} | "
+            f"{s['train_ms']:.1f} | {s['client_ms']:.1f} | {s['overhead_ms']:.1f} | "
+            f"{ratio} | {ratio_same} | "
             f"{s['cpu_ms']:.1f} | {r['peak_pss'] / 2**30:.2f} | {r['peak_rss'] / 2**30:.2f} | "
             f"{r['processes']} | {r['load']:.1f} | {r['total_s']:.0f} |"
         )

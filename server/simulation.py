@@ -97,7 +97,10 @@ def simulate(
 
     from clients.app import app as client_app
     from server.app import make_server_app
+    from server.dispatch import install as install_dispatch
     from server.ray_session import keep_ray_session
+
+    install_dispatch()  # one scan of the messages per sweep, not one per device
 
     result: dict[str, FleetReport] = {}
     stop = threading.Event()
