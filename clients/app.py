@@ -27,6 +27,7 @@ from clients import state as device_state
 from fededge.deployment import device_tier, parse_node_config
 from fededge.fleet import FleetRuntime
 from fededge.scenario import Scenario, parse_scenario
+from fededge.transport import record_tensors
 
 app = ClientApp()
 
@@ -134,7 +135,7 @@ def train(msg: Message, context: Context) -> Message:
         state, state_round = device_state.read_file(state_dir, device_id, server_round)
 
     _inject_faults(runtime.scenario, device_id, server_round)
-    weights = msg.content.array_records["arrays"].to_torch_state_dict()
+    weights = record_tensors(msg.content.array_records["arrays"])
     result, new_state = runtime.train_round(device_id, weights, server_round, state)
     if not result.dropped:
         blob = device_state.save(context.state, new_state, server_round, result.threshold)

@@ -165,9 +165,12 @@ def write_file(directory: str, device_id: int, server_round: int, blob: bytes) -
     have written some round-r files; resuming reads the newest file *before* r.
     """
     folder = Path(directory) / f"device-{device_id}"
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp{os.getpid()}"
-    tmp.write_bytes(blob)
+    try:
+        tmp.write_bytes(blob)
+    except FileNotFoundError:  # the device's first state: make its folder
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(blob)
     os.replace(tmp, folder / f"r{server_round}.pt")
     for old in _rounds_on_disk(folder)[:-2]:
         (folder / f"r{old}.pt").unlink(missing_ok=True)

@@ -309,10 +309,12 @@ class FleetRuntime:
         filter_net = None
         if eif is not None:
             filter_net = self.filter_net
-            # Reset every round, also when the device's state (loaded below) overwrites
-            # the weights: the reset also leaves torch's global generator as building
-            # the device's filter does, and skipping it changes results.
-            filter_net.load_state_dict(self.initial_filter_state(device_id))
+            # Every round, also when the device's state (loaded below) overwrites the
+            # weights: this also leaves torch's global generator as building the
+            # device's filter does, and skipping that changes results.
+            initial = self.initial_filter_state(device_id)
+            if not (state and "filter" in state.get("trainer", {})):
+                filter_net.load_state_dict(initial)
         trainer = LocalTrainer(
             self.main_net,
             self.train_data,

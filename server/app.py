@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -25,6 +24,7 @@ from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.report import FleetReport, atomic_write_text
 from fededge.scenario import Scenario
+from fededge.transport import array_numpy, record_tensors
 from server.deployment import RunSettings
 from server.strategy import FleetStrategy, RoundOutcome
 
@@ -41,7 +41,7 @@ def save_checkpoint(out_dir: Path, scenario: Scenario, outcome: RoundOutcome) ->
     folder = out_dir / CHECKPOINT
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".global.tmp{os.getpid()}.npz"
-    arrays = {name: array.numpy() for name, array in outcome.arrays.items()}
+    arrays = {name: array_numpy(array) for name, array in outcome.arrays.items()}
     with tmp.open("wb") as fh:
         np.savez(fh, allow_pickle=False, **arrays)
     os.replace(tmp, folder / "global.npz")
@@ -90,8 +90,7 @@ def run_server(
             log.info("resuming %s after round %d", scenario.run.name, done)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> tuple[float, float]:
-        weights = {k: torch.from_numpy(v.numpy()) for k, v in arrays.items()}
-        return runtime.evaluate(weights)
+        return runtime.evaluate(record_tensors(arrays))
 
     def after_round(outcome: RoundOutcome) -> None:
         save_checkpoint(out_dir, scenario, outcome)

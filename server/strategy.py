@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from fededge.ledger import Ledger
 from fededge.report import FleetReport, device_row
 from fededge.scenario import Scenario
+from fededge.transport import array_numpy
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class FleetStrategy(FedAvg):
             if tuple(array.shape) != shape:
                 problem = f"weight {name} has shape {tuple(array.shape)}, expected {shape}"
                 return problem, metrics, {}
-            weights[name] = array.numpy()
+            weights[name] = array_numpy(array)
             if not np.isfinite(weights[name]).all():
                 return f"weight {name} has NaN/Inf values", metrics, {}
         if metrics["num-examples"] < 0:
