@@ -24,10 +24,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients import state as device_state
+from clients.transport import record_tensors
 from fededge.deployment import device_tier, parse_node_config
 from fededge.fleet import FleetRuntime
 from fededge.scenario import Scenario, parse_scenario
-from fededge.transport import record_tensors
 
 app = ClientApp()
 

@@ -20,11 +20,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients.transport import array_numpy, record_tensors
 from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.report import FleetReport, atomic_write_text
 from fededge.scenario import Scenario
-from fededge.transport import array_numpy, record_tensors
 from server.deployment import RunSettings
 from server.strategy import FleetStrategy, RoundOutcome
 

@@ -32,10 +32,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from clients.transport import array_numpy
 from fededge.ledger import Ledger
 from fededge.report import FleetReport, device_row
 from fededge.scenario import Scenario
-from fededge.transport import array_numpy
 
 log = logging.getLogger(__name__)
 

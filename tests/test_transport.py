@@ -1,4 +1,4 @@
-"""fededge.transport: reading Flower Arrays without np.load gives what np.load gives."""
+"""clients.transport: reading Flower Arrays without np.load gives what np.load gives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fededge.transport import array_numpy, record_tensors
+from clients.transport import array_numpy, record_tensors
 
 
 def npy_array(value: np.ndarray) -> Array:
