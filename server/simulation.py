@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import sys
 import tempfile
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType, TracebackType
 
 from fededge.report import FleetReport
 from fededge.scenario import Scenario
-from server.strategy import RoundOutcome
+from server.strategy import RoundOutcome, RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +112,25 @@ def simulate(
     )
     config = backend_config(scenario, ray_address=ray_address)
     session = keep_ray_session() if keep_ray else contextlib.nullcontext()
+    ctrl_c = _GracefulInterrupt(stop)
     try:
-        with session, warnings.catch_warnings():
+        with ctrl_c, session, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=scenario.num_devices,
-                backend_config=config,  # type: ignore[arg-type]
-            )
+            try:
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=scenario.num_devices,
+                    backend_config=config,  # type: ignore[arg-type]
+                )
+            except RunStopped:
+                if not ctrl_c.requested:
+                    raise
+        if ctrl_c.requested and "report" not in result:
+            raise KeyboardInterrupt  # stopped cleanly before the last round
     except KeyboardInterrupt:
         stop.set()  # the server thread leaves its round at once (RunStopped)
-        # Shutting Ray down under the engine's worker threads makes each one log
-        # its lost ClientApp call as an error with a traceback: expected after
-        # Ctrl-C and only noise to the user, so Flower's log ends here.
-        logging.getLogger("flwr").addFilter(lambda record: False)
+        _silence_flower()
         raise
     finally:
         stop.set()
@@ -132,3 +139,58 @@ def simulate(
     if "report" not in result:
         raise RuntimeError("the simulation ended without a report (see the log above)")
     return result["report"]
+
+
+def _silence_flower() -> None:
+    """Flower's log ends here: after Ctrl-C its lost calls are expected, not news."""
+    logging.getLogger("flwr").addFilter(lambda record: False)
+
+
+class _GracefulInterrupt:
+    """The first Ctrl-C stops the run cleanly; a second one stops it at once.
+
+    On the first SIGINT the server leaves its round (:class:`RunStopped`),
+    Flower's engine lets the devices finish the calls they are in and stops
+    its workers, and only then is Ray shut down; :func:`simulate` then raises
+    ``KeyboardInterrupt``. Interrupting the engine's threads instead (Python's
+    default) shuts Ray down under a worker blocked in ``ray.get``, and Ray's
+    core worker then ends the whole process (exit 1), before the finished
+    rounds could be reported. A second Ctrl-C raises ``KeyboardInterrupt`` at
+    once. Outside the main thread (no signals there) this does nothing.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.requested = False
+        self._previous: object = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.stop.set()
+        _silence_flower()
+        print(
+            "\nstopping: the devices finish their current calls (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            if self._previous is not signal.SIG_IGN:  # a run that ignores Ctrl-C keeps doing so
+                signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+            self._installed = False

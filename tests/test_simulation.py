@@ -1,15 +1,19 @@
-"""Ray settings of a simulation (no Ray started): resources, concurrency, cluster address."""
+"""Ray settings of a simulation (no Ray started): resources, concurrency, address, Ctrl-C."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fededge.cli import build_parser
 from fededge.scenario import Scenario, load_scenario, parse_scenario
-from server.simulation import backend_config
+from server.simulation import _GracefulInterrupt, backend_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +116,57 @@ def test_fleet_500_scenario_is_a_full_participation_fleet() -> None:
     assert all(t.budget_macs < float("inf") for t in scenario.tiers)
     assert scenario.savers.eif.enabled and scenario.savers.emp.enabled
     assert scenario.simulation.max_concurrent is not None
+
+
+def _deliver_sigint() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the handler runs between bytecodes of this loop
+        time.sleep(0.01)
+
+
+def test_first_ctrl_c_asks_for_a_clean_stop_the_second_stops_at_once() -> None:
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _GracefulInterrupt(stop) as ctrl_c:
+            assert not stop.is_set()
+            t0 = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
+            while not stop.is_set() and time.monotonic() - t0 < 5:
+                time.sleep(0.01)
+            assert stop.is_set() and ctrl_c.requested  # no KeyboardInterrupt yet
+            with pytest.raises(KeyboardInterrupt):
+                _deliver_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _GracefulInterrupt(stop) as ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert not stop.is_set() and not ctrl_c.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_outside_the_main_thread_ctrl_c_handling_is_left_alone() -> None:
+    seen: list[object] = []
+
+    def body() -> None:
+        with _GracefulInterrupt(threading.Event()):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [before]
