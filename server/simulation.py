@@ -10,9 +10,9 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 
 from fededge.report import FleetReport
 from fededge.scenario import Scenario
@@ -112,9 +112,8 @@ def simulate(
     )
     config = backend_config(scenario, ray_address=ray_address)
     session = keep_ray_session() if keep_ray else contextlib.nullcontext()
-    ctrl_c = _GracefulInterrupt(stop)
     try:
-        with ctrl_c, session, warnings.catch_warnings():
+        with _graceful_ctrl_c(stop), session, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 run_simulation(
@@ -124,12 +123,11 @@ def simulate(
                     backend_config=config,  # type: ignore[arg-type]
                 )
             except RunStopped:
-                if not ctrl_c.requested:
+                if not stop.is_set():  # only a Ctrl-C sets it while the run is on
                     raise
-        if ctrl_c.requested and "report" not in result:
+        if stop.is_set() and "report" not in result:
             raise KeyboardInterrupt  # stopped cleanly before the last round
     except KeyboardInterrupt:
-        stop.set()  # the server thread leaves its round at once (RunStopped)
         _silence_flower()
         raise
     finally:
@@ -141,13 +139,18 @@ def simulate(
     return result["report"]
 
 
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
 def _silence_flower() -> None:
     """Flower's log ends here: after Ctrl-C its lost calls are expected, not news."""
-    logging.getLogger("flwr").addFilter(lambda record: False)
+    logging.getLogger("flwr").addFilter(_drop)  # once: a logger keeps no duplicate filters
 
 
-class _GracefulInterrupt:
-    """The first Ctrl-C stops the run cleanly; a second one stops it at once.
+@contextlib.contextmanager
+def _graceful_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets ``stop`` (a clean stop); a second one stops at once.
 
     On the first SIGINT the server leaves its round (:class:`RunStopped`),
     Flower's engine lets the devices finish the calls they are in and stops
@@ -156,20 +159,14 @@ class _GracefulInterrupt:
     default) shuts Ray down under a worker blocked in ``ray.get``, and Ray's
     core worker then ends the whole process (exit 1), before the finished
     rounds could be reported. A second Ctrl-C raises ``KeyboardInterrupt`` at
-    once. Outside the main thread (no signals there) this does nothing.
+    once. Outside the main thread (no signals there), or when Ctrl-C is
+    ignored, nothing changes.
     """
 
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.requested = False
-        self._previous: object = None
-        self._installed = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
             raise KeyboardInterrupt
-        self.requested = True
-        self.stop.set()
+        stop.set()
         _silence_flower()
         print(
             "\nstopping: the devices finish their current calls (Ctrl-C again to stop at once)",
@@ -177,20 +174,12 @@ class _GracefulInterrupt:
             flush=True,
         )
 
-    def __enter__(self) -> _GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            if self._previous is not signal.SIG_IGN:  # a run that ignores Ctrl-C keeps doing so
-                signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
-            self._installed = False
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fededge.cli import build_parser
 from fededge.scenario import Scenario, load_scenario, parse_scenario
-from server.simulation import _GracefulInterrupt, backend_config
+from server.simulation import _graceful_ctrl_c, backend_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,51 +121,51 @@ def test_fleet_500_scenario_is_a_full_participation_fleet() -> None:
     assert scenario.simulation.max_concurrent is not None
 
 
-def _deliver_sigint() -> None:
+@contextlib.contextmanager
+def _sigint_handler(handler: Any) -> Iterator[None]:
+    """SIGINT handled by ``handler`` inside the block; the test run's handler after it."""
+    before = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _send_sigint(until: threading.Event | None = None) -> None:
+    """SIGINT to this process; then up to 5 s (or until ``until``) for the handler to run."""
     os.kill(os.getpid(), signal.SIGINT)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the handler runs between bytecodes of this loop
-        time.sleep(0.01)
+    while not (until and until.is_set()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the handler runs between bytecodes of this loop
 
 
 def test_first_ctrl_c_asks_for_a_clean_stop_the_second_stops_at_once() -> None:
     stop = threading.Event()
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with _GracefulInterrupt(stop) as ctrl_c:
+    with _sigint_handler(signal.default_int_handler):
+        with _graceful_ctrl_c(stop):
             assert not stop.is_set()
-            t0 = time.monotonic()
-            os.kill(os.getpid(), signal.SIGINT)
-            while not stop.is_set() and time.monotonic() - t0 < 5:
-                time.sleep(0.01)
-            assert stop.is_set() and ctrl_c.requested  # no KeyboardInterrupt yet
+            _send_sigint(until=stop)
+            assert stop.is_set()  # no KeyboardInterrupt yet
             with pytest.raises(KeyboardInterrupt):
-                _deliver_sigint()
+                _send_sigint()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    finally:
-        signal.signal(signal.SIGINT, before)
 
 
 def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
     stop = threading.Event()
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with _GracefulInterrupt(stop) as ctrl_c:
+    with _sigint_handler(signal.SIG_IGN):
+        with _graceful_ctrl_c(stop):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
-        assert not stop.is_set() and not ctrl_c.requested
+        assert not stop.is_set()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before)
 
 
 def test_outside_the_main_thread_ctrl_c_handling_is_left_alone() -> None:
     seen: list[object] = []
 
     def body() -> None:
-        with _GracefulInterrupt(threading.Event()):
+        with _graceful_ctrl_c(threading.Event()):
             seen.append(signal.getsignal(signal.SIGINT))
 
     before = signal.getsignal(signal.SIGINT)
