@@ -12,7 +12,16 @@ one training loop:
 * training wall time, and the wall-clock saving against the SGD arm of the same
   run (arms run one after another in one process, same threads),
 
+* the instruments that say why: main-net optimizer steps, mean loss of the kept
+  and of the dropped instances (from the random exploration sample), the
+  filter's precision and recall against T_l,
+
 and prints them beside the paper's numbers as a Markdown table.
+
+**SMB** (the paper's equal-compute baseline, its Fig. 6): for each arm named by
+``--smb`` (default: ``eif+emp`` when it runs), plain SGD on the same stream cut
+to the mini-batches that spend the same MACs as that arm, its lr schedule scaled
+to its length (milestones are fractions of the stream).
 
 Suites
 ------
@@ -68,15 +77,24 @@ CONVERSION = (
 )
 
 
+def smb_iterations(result: SingleResult, batch_size: int) -> int:
+    """Streamed mini-batches of plain SGD that spend what ``result`` spent (at least 1)."""
+    per_instance = result.ledger.baseline_macs / max(result.ledger.streamed, 1)
+    return max(1, int(result.ledger.spent_macs // (per_instance * batch_size)))
+
+
 def run_suite(args: argparse.Namespace) -> list[SingleResult]:
     results = []
-    for arm in args.arms:
-        tokens = arm.split("+")
+    plan: list[tuple[str, int | None]] = [(arm, args.iterations) for arm in args.arms]
+    while plan:
+        arm, iterations = plan.pop(0)
+        smb_of = arm.removeprefix("smb:") if arm.startswith("smb:") else None
+        tokens = ["none"] if smb_of else arm.split("+")
         eif = EIFConfig(target_ratio=args.target_ratio, **args.eif) if "eif" in tokens else None
         emp = EMPConfig(keep_ratio=args.keep_ratio) if "emp" in tokens else None
         quant = QuantConfig(**args.q) if "q" in tokens else None
         common = dict(
-            savers=arm,
+            savers="none" if smb_of else arm,
             eif=eif,
             emp=emp,
             quant=quant,
@@ -91,7 +109,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 dataset="mnist",
                 data_dir=args.data_dir,
                 model="lenet5",
-                iterations=args.iterations or 18_700,
+                iterations=iterations or 18_700,
                 batch_size=64,
                 lr=0.01,
                 momentum=0.5,
@@ -102,7 +120,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 dataset="cifar10",
                 data_dir=args.data_dir,
                 model=f"resnet{args.depth}",
-                iterations=args.iterations or 3000,
+                iterations=iterations or 3000,
                 batch_size=128,
                 lr=0.1,
                 momentum=0.9,
@@ -111,6 +129,8 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 warmup_iterations=args.warmup,
                 **common,
             )  # type: ignore[arg-type]
+        if smb_of:
+            result.name = f"{result.name.rsplit('/', 1)[0]}/smb:{smb_of}"
         print(
             f"{arm}: acc {100 * result.accuracy:.2f}%  saved "
             f"{100 * result.ledger.computation_saved:.2f}% (32-bit-eq "
@@ -118,6 +138,9 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
             flush=True,
         )
         results.append(result)
+        if arm in args.smb:
+            batch = 64 if args.suite == "lenet" else 128
+            plan.insert(0, (f"smb:{arm}", smb_iterations(result, batch)))
     return results
 
 
@@ -125,22 +148,33 @@ def table(suite: str, results: list[SingleResult]) -> str:
     base = next((r for r in results if r.name.endswith("/none")), None)
     lines = [
         "| arm | computation saved | 32-bit-eq saved | MACs / streamed instance | test accuracy "
-        "| train wall time | wall-clock saved | wall / counted | trained share | paper |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| train wall time | wall-clock saved | wall / counted | trained share | main steps "
+        "| kept / dropped loss | filter precision / recall | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         arm = r.name.rsplit("/", 1)[1]
+        lg = r.ledger
+        losses = f"{lg.kept_mean_loss:.3f} / {lg.dropped_mean_loss:.3f}" if lg.selected else "–"
+        filt = (
+            f"{100 * lg.filter_precision:.1f}% / {100 * lg.filter_recall:.1f}%"
+            if lg.selected
+            else "–"
+        )
+        label = arm
+        if arm.startswith("smb:"):
+            label = f"SMB at {arm[4:]}'s MACs ({lg.streamed // max(lg.steps, 1)} x {lg.steps} it.)"
         saved = r.ledger.computation_saved
         wall_saved = 1 - r.wall_s / base.wall_s if base else float("nan")
         ratio = wall_saved / saved if saved > 0 and base else float("nan")
         trained = r.ledger.trained / max(r.ledger.streamed, 1)
         per_instance = r.ledger.spent_macs / max(r.ledger.streamed, 1)
         lines.append(
-            f"| {arm} | {100 * saved:.2f}% | {100 * r.ledger.computation_saved_32eq:.2f}% "
+            f"| {label} | {100 * saved:.2f}% | {100 * r.ledger.computation_saved_32eq:.2f}% "
             f"| {per_instance:,.0f} "
             f"| {100 * r.accuracy:.2f}% | {r.wall_s:.1f} s "
             f"| {100 * wall_saved:.1f}% | {ratio:.2f} | {100 * trained:.1f}% "
-            f"| {PAPER[suite].get(arm, '')} |"
+            f"| {lg.steps:,} | {losses} | {filt} | {PAPER[suite].get(arm, '')} |"
         )
     lines += ["", CONVERSION]
     return "\n".join(lines)
@@ -186,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=["lenet", "cifar"])
     parser.add_argument("--arms", default=",".join(ARMS), type=lambda s: s.split(","))
     parser.add_argument("--iterations", type=int, default=None, help="streamed mini-batches")
+    parser.add_argument(
+        "--smb",
+        default=None,
+        type=lambda s: [a for a in s.split(",") if a],
+        help="arms to follow with SGD at their MACs (default: eif+emp when it runs; '' for none)",
+    )
     parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
     parser.add_argument("--target-ratio", type=float, default=0.2, help="EIF R_set")
     parser.add_argument("--keep-ratio", type=float, default=0.5, help="EMP alpha")
@@ -222,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown arms {bad}; expected 'none' or '+'-joined savers from {', '.join(SAVERS)}, "
             f"e.g. {', '.join(ARMS)}"
         )
+    if args.smb is None:
+        args.smb = ["eif+emp"] if "eif+emp" in args.arms else []
+    missing = [a for a in args.smb if a not in args.arms or a == "none"]
+    if missing:
+        parser.error(f"--smb {','.join(missing)}: name saver arms that run (--arms)")
     args.eif = parse_fields(parser, "--eif", EIFConfig, args.eif, reserved=("target_ratio",))
     args.q = parse_fields(parser, "--q", QuantConfig, args.q)
     started = time.time()
@@ -246,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                             "accuracy": r.accuracy,
                             "wall_s": r.wall_s,
                             "curve": r.curve,
+                            "trace": r.trace,
                             **r.ledger.to_metrics(),
                         }
                         for r in results

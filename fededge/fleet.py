@@ -335,11 +335,20 @@ class FleetRuntime:
             stream.load_state(state["stream"])
             trainer.load_state_dict(state["trainer"])
         if trainer.filter is not None and eif is not None and eif.lr_final is not None:
-            progress = (server_round - 1) / max(scenario.run.rounds - 1, 1)
-            trainer.filter.set_lr(eif.lr + (eif.lr_final - eif.lr) * progress)
+            done = (server_round - 1) / max(scenario.run.rounds - 1, 1)
+            trainer.filter.set_lr(eif.lr + (eif.lr_final - eif.lr) * done)
         arrivals = stream.next_round()
+        rounds, start = scenario.run.rounds, trainer.position
+
+        def run_share(position: int) -> float:
+            """Share of the run done: rounds before this one, plus this round's part."""
+            within = (position - start) / max(len(arrivals), 1)
+            return (server_round - 1 + within) / rounds
+
         try:
-            run = trainer.run(torch.from_numpy(arrivals), budget_macs=tier.budget_macs)
+            run = trainer.run(
+                torch.from_numpy(arrivals), budget_macs=tier.budget_macs, progress=run_share
+            )
         finally:
             trainer.close()
         stream.settle(run.leftover.numpy())

@@ -35,6 +35,11 @@ hold the trained share near R_set with a small filter (README, "EIF rules"):
   random) -- the same filter and labels, a cut calibrated to R_set. (A cut at
   the quantile over the last ``n`` mini-batches kept 1.5-3x R_set: the scores
   drift upward as the filter trains.)
+  ``"rank"``: keep each instance with probability ``r^beta``, ``r`` its
+  score's rank in the mini-batch as a share in (0, 1], ``beta = 1/R_set - 1``
+  so that R_set of the batch is kept in expectation (Selective-Backprop's rule,
+  Jiang et al. 2019, on the filter's score instead of the main net's loss):
+  easier instances keep a small chance of being trained.
 * ``ratio_estimate = "paper"``: R_TH counts predicted-H and labelled-H
   instances only; with imperfect recall it stays below R_set and T_l falls
   without bound. ``"stream"`` (default) adds the labelled-H instances found by
@@ -57,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOW, HIGH = 0, 1
+KEEP_RULES = ("quantile", "argmax", "rank")
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ class EIFConfig:
     initial_threshold : T_l before the first update (> 0); None: the
         ``1 - R_set`` quantile of the first main-net losses observed (every
         instance of the first streamed mini-batch is kept to observe them).
-    keep_rule : ``"quantile"`` or ``"argmax"`` (the paper's); see the module docstring.
+    keep_rule : ``"quantile"``, ``"argmax"`` (the paper's) or ``"rank"``; see the
+        module docstring.
     ratio_estimate : ``"stream"`` or ``"paper"``; see the module docstring.
     lr : learning rate of the filter's SGD optimizer.
     lr_final : learning rate reached linearly by the end of the stream (None: constant).
@@ -93,6 +100,25 @@ class EIFConfig:
         instances are waiting -- after every main-net mini-batch when it is at
         most the main batch size. Training on a handful of uncertain samples
         per streamed batch cost more in per-step overhead than it taught.
+    update : how kept instances update the main net. ``"per_batch"`` (the
+        paper): one step per streamed mini-batch on that batch's kept
+        instances, so the main net takes as many steps as plain SGD on the
+        same stream. ``"queued"``: kept instances wait in a queue and the main
+        net steps on full mini-batches of ``batch_size`` (R_set x as many steps).
+    loss_norm : what the main net's summed loss is divided by. ``"kept"``: the
+        instances trained (a plain mean); ``"streamed"``: the instances
+        streamed since the last step (a masked loss: kept instances weigh
+        what they weigh in plain SGD's batch mean, so the step is ~R_set x
+        smaller: the linear batch-size scaling rule); ``"sqrt"``: the geometric
+        mean of the two, ``sqrt(kept * streamed)`` (the square-root scaling
+        rule: a step's gradient noise variance is plain SGD's).
+    full_first, full_last : shares of the run (by streamed position; a fleet:
+        by round) at the start and end in which every streamed instance is
+        trained, the filter only learning from their losses (selection phases,
+        as Composer's Selective Backprop and InfoBatch's annealing).
+    rescale : with ``keep_rule = "rank"``, weight each kept instance's loss by
+        1 / p (its inclusion probability) and divide by the streamed count:
+        an unbiased estimate of the streamed batch's mean loss.
     """
 
     target_ratio: float = 0.2
@@ -103,13 +129,18 @@ class EIFConfig:
     max_sample_ratio: float = 0.05
     explore_ratio: float = 0.05
     initial_threshold: float | None = None
-    keep_rule: Literal["quantile", "argmax"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: float = 0.03
     lr_final: float | None = None
     momentum: float = 0.5
     weight_decay: float = 1e-4
     min_batch: int = 32
+    update: Literal["per_batch", "queued"] = "per_batch"
+    loss_norm: Literal["kept", "streamed", "sqrt"] = "kept"
+    full_first: float = 0.0
+    full_last: float = 0.0
+    rescale: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -135,8 +166,24 @@ class EIFConfig:
             problems.append('ratio_estimate = "stream" needs explore_ratio > 0')
         if self.initial_threshold is not None and not self.initial_threshold > 0.0:
             problems.append(f"initial_threshold must be > 0, got {self.initial_threshold!r}")
-        if self.keep_rule not in ("quantile", "argmax"):
-            problems.append(f"keep_rule must be 'quantile' or 'argmax', got {self.keep_rule!r}")
+        if self.keep_rule not in KEEP_RULES:
+            problems.append(f"keep_rule must be one of {KEEP_RULES}, got {self.keep_rule!r}")
+        if self.update not in ("per_batch", "queued"):
+            problems.append(f"update must be 'per_batch' or 'queued', got {self.update!r}")
+        if self.loss_norm not in ("kept", "streamed", "sqrt"):
+            problems.append(
+                f"loss_norm must be 'kept', 'streamed' or 'sqrt', got {self.loss_norm!r}"
+            )
+        for name in ("full_first", "full_last"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if self.full_first + self.full_last >= 1.0:
+            problems.append(
+                f"full_first + full_last must be < 1, got {self.full_first + self.full_last!r}"
+            )
+        if self.rescale and (self.keep_rule != "rank" or self.update != "per_batch"):
+            problems.append('rescale needs keep_rule = "rank" and update = "per_batch"')
         if self.ratio_estimate not in ("stream", "paper"):
             problems.append(
                 f"ratio_estimate must be 'stream' or 'paper', got {self.ratio_estimate!r}"
@@ -171,6 +218,7 @@ class FilterDecision:
     sample: Tensor  # (m,) bool
     explored: Tensor  # (m,) bool
     score: Tensor  # (m,) float: logit margin z_H - z_L
+    prob_keep: Tensor | None = None  # (m,) float: inclusion probability ("rank" rule)
 
     @property
     def prob_high(self) -> Tensor:
@@ -193,6 +241,20 @@ def _top_share(score: Tensor, share: float, draw: Tensor) -> Tensor:
     keep = torch.zeros(m, dtype=torch.bool, device=score.device)
     keep[torch.topk(jittered, min(k, m)).indices] = True
     return keep
+
+
+def _rank_probability(score: Tensor, share: float, draw: Tensor) -> Tensor:
+    """Inclusion probability ``r^beta`` of each instance, ``beta = 1/share - 1``.
+
+    ``r`` is the score's rank in the mini-batch divided by its size (1/m for
+    the lowest score, 1 for the highest; ties broken by ``draw``), so the
+    expected kept count is ``sum_k (k/m)^beta ~= share * m``.
+    """
+    m = len(score)
+    jittered = score.double() + draw.double() * 1e-9
+    rank = torch.empty(m, dtype=torch.float64, device=score.device)
+    rank[torch.argsort(jittered)] = torch.arange(1, m + 1, dtype=torch.float64, device=score.device)
+    return (rank / m).pow(1.0 / share - 1.0).float()
 
 
 def margin_for_entropy(entropy: float) -> float:
@@ -293,10 +355,15 @@ class InstanceFilter:
         score = (logits[:, HIGH] - logits[:, LOW]).float()  # does not saturate like p(H)
         m = len(score)
         draw = torch.rand(m, generator=generator).to(score.device)
+        prob_keep: Tensor | None = None
         if math.isnan(self.threshold):
             keep = torch.ones(m, dtype=torch.bool, device=score.device)
         elif cfg.keep_rule == "argmax":
             keep = score > 0
+        elif cfg.keep_rule == "rank":
+            prob_keep = _rank_probability(score, cfg.target_ratio, draw)
+            coin = torch.rand(m, generator=generator).to(score.device)
+            keep = coin < prob_keep
         else:
             keep = _top_share(score, cfg.target_ratio, draw)
         dropped = ~keep
@@ -310,7 +377,11 @@ class InstanceFilter:
             if cap > 0:
                 uncertain[torch.topk(ranked, cap, largest=False).indices] = True
         return FilterDecision(
-            keep=keep, sample=uncertain | explored, explored=explored, score=score
+            keep=keep,
+            sample=uncertain | explored,
+            explored=explored,
+            score=score,
+            prob_keep=prob_keep,
         )
 
     # --------------------------------------------------------------- observe

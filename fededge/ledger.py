@@ -63,6 +63,13 @@ class Ledger:
     budget_macs : the budget this run had (``inf`` when unlimited).
     budget_exhausted : 1 when the run stopped because the budget was spent.
     loss_sum : sum of the main net's per-instance training losses.
+    selected : instances trained because the filter kept them (outside the
+        full-training phases); ``selected_high`` of them had a loss >= T_l,
+        ``selected_loss_sum`` is their summed loss.
+    explored : dropped instances explored at random (forward-only);
+        ``explored_high`` of them had a loss >= T_l, ``explored_loss_sum``
+        is their summed loss -- an unbiased sample of what the filter dropped.
+    full_trained : instances trained in a full-training phase (no filtering).
     wall_s : measured wall-clock seconds of the whole run.
     """
 
@@ -89,6 +96,13 @@ class Ledger:
     budget_macs: float = math.inf
     budget_exhausted: int = 0
     loss_sum: float = 0.0
+    selected: int = 0
+    selected_high: int = 0
+    selected_loss_sum: float = 0.0
+    explored: int = 0
+    explored_high: int = 0
+    explored_loss_sum: float = 0.0
+    full_trained: int = 0
     wall_s: float = 0.0
 
     # ----------------------------------------------------------------- derived
@@ -135,6 +149,35 @@ class Ledger:
     def mean_loss(self) -> float:
         """Mean training loss of the main net over trained instances (nan if none)."""
         return self.loss_sum / self.trained if self.trained else math.nan
+
+    # ------------------------------------------------------------ instruments
+    @property
+    def kept_mean_loss(self) -> float:
+        """Mean main-net loss of the instances the filter kept (nan if none)."""
+        return self.selected_loss_sum / self.selected if self.selected else math.nan
+
+    @property
+    def dropped_mean_loss(self) -> float:
+        """Mean main-net loss of the dropped instances, from the random exploration sample."""
+        return self.explored_loss_sum / self.explored if self.explored else math.nan
+
+    @property
+    def filter_precision(self) -> float:
+        """Share of kept instances that were truly high-loss (loss >= T_l)."""
+        return self.selected_high / self.selected if self.selected else math.nan
+
+    @property
+    def filter_recall(self) -> float:
+        """Share of the stream's high-loss instances the filter kept.
+
+        The dropped high-loss instances are estimated from the exploration
+        sample: ``explored_high * filtered_out / explored``.
+        """
+        if not self.explored:
+            return math.nan
+        dropped_high = self.explored_high * self.filtered_out / self.explored
+        found = self.selected_high + dropped_high
+        return self.selected_high / found if found else math.nan
 
     # ------------------------------------------------------------- arithmetic
     def __add__(self, other: Ledger) -> Ledger:

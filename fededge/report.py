@@ -33,6 +33,17 @@ from fededge.ledger import MAC_FIELDS, Ledger
 
 STATUSES = ("ok", "dropped", "failed", "rejected")
 LEDGER_COLUMNS = list(Ledger.field_names())
+#: Ledger counts behind the per-round instruments (main-net steps, the filter's choices).
+INSTRUMENT_FIELDS = (
+    "steps",
+    "selected",
+    "selected_high",
+    "selected_loss_sum",
+    "explored",
+    "explored_high",
+    "explored_loss_sum",
+    "full_trained",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -155,8 +166,15 @@ class FleetReport:
             *MAC_FIELDS,
             "baseline_macs",
             "precision_saved_macs",
+            *INSTRUMENT_FIELDS,
         ):
             row[name] = float(ok[name].sum()) if len(ok) else 0.0
+        # why a round went well or badly (fededge.single.instruments, fleet-wide)
+        probe = Ledger(**{k: row[k] for k in ("filtered_out", *INSTRUMENT_FIELDS)})
+        row["kept_mean_loss"] = probe.kept_mean_loss
+        row["dropped_mean_loss"] = probe.dropped_mean_loss
+        row["filter_precision"] = probe.filter_precision
+        row["filter_recall"] = probe.filter_recall
         budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
         row["requested_macs"] = float(budgets[budgets.map(math.isfinite)].sum())
         row["spent_macs"] = float(sum(row[k] for k in MAC_FIELDS))

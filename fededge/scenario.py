@@ -14,7 +14,9 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
     [model]        main, filter
     [train]        batch_size, lr, momentum, weight_decay, nesterov, lr_milestones, lr_gamma
     [savers.eif]   enabled, target_ratio, alpha_up, alpha_down, window, entropy_threshold,
-                   initial_threshold, lr, lr_final, momentum, weight_decay
+                   max_sample_ratio, explore_ratio, initial_threshold, keep_rule,
+                   ratio_estimate, lr, lr_final, momentum, weight_decay, min_batch,
+                   update, loss_norm, full_first, full_last, rescale
     [savers.emp]   enabled, keep_ratio, gamma_weight, gamma_error, exempt
     [savers.quant] enabled, weight_bits, activation_bits, error_bits, grad_bits, stochastic,
                    range_bn, range_bn_chunks, weight_per_channel, exempt, include_filter
@@ -136,13 +138,33 @@ class EIFSection(Section):
     max_sample_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     explore_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     initial_threshold: PosFloat | None = None
-    keep_rule: Literal["quantile", "argmax"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: PosFloat = 0.03
     lr_final: PosFloat | None = None
     momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.5
     weight_decay: NonNegFloat = 1e-4
     min_batch: PosInt = 32
+    update: Literal["per_batch", "queued"] = "per_batch"
+    loss_norm: Literal["kept", "streamed", "sqrt"] = "kept"
+    full_first: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    full_last: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    rescale: StrictBool = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> EIFSection:
+        problems = []
+        if self.ratio_estimate == "stream" and self.explore_ratio == 0.0:
+            problems.append('ratio_estimate = "stream" needs explore_ratio > 0')
+        if self.full_first + self.full_last >= 1.0:
+            problems.append(
+                f"full_first + full_last must be < 1, got {self.full_first + self.full_last!r}"
+            )
+        if self.rescale and (self.keep_rule != "rank" or self.update != "per_batch"):
+            problems.append('rescale = true needs keep_rule = "rank" and update = "per_batch"')
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class EMPSection(Section):

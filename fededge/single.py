@@ -33,6 +33,8 @@ class SingleResult:
     loss: float
     wall_s: float
     curve: list[tuple[int, float]] = field(default_factory=list)  # (instances streamed, accuracy)
+    #: per evaluation point, what happened since the previous one (see :func:`instruments`)
+    trace: list[dict[str, float]] = field(default_factory=list)
 
     def table(self) -> str:
         """A readable ledger table."""
@@ -64,6 +66,43 @@ class SingleResult:
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def class_skew(streamed: torch.Tensor, trained: torch.Tensor) -> tuple[float, float, float]:
+    """How the trained instances' classes depart from the stream's.
+
+    Returns the total-variation distance ``0.5 * sum_c |p_trained(c) - p_streamed(c)|``
+    and the smallest and largest ratio ``p_trained(c) / p_streamed(c)`` over the classes.
+    """
+    n = max(len(streamed), len(trained))
+    if n == 0 or int(streamed.sum()) == 0 or int(trained.sum()) == 0:
+        return math.nan, math.nan, math.nan
+    s = torch.zeros(n, dtype=torch.float64)
+    t = torch.zeros(n, dtype=torch.float64)
+    s[: len(streamed)] = streamed.double()
+    t[: len(trained)] = trained.double()
+    s, t = s / s.sum(), t / t.sum()
+    present = s > 0
+    ratio = t[present] / s[present]
+    return 0.5 * float((t - s).abs().sum()), float(ratio.min()), float(ratio.max())
+
+
+def instruments(ledger: Ledger) -> dict[str, float]:
+    """What a method researcher reads to see why a run goes well or badly.
+
+    From a ledger (one evaluation interval, a device's round): main-net
+    optimizer steps, the trained share, the mean loss of kept and of dropped
+    instances (from the random exploration sample), and the filter's precision
+    and recall against T_l (which tracks the stream's top-R_set loss quantile).
+    """
+    return {
+        "steps": float(ledger.steps),
+        "trained_share": ledger.trained / ledger.streamed if ledger.streamed else math.nan,
+        "kept_loss": ledger.kept_mean_loss,
+        "dropped_loss": ledger.dropped_mean_loss,
+        "precision": ledger.filter_precision,
+        "recall": ledger.filter_recall,
+    }
 
 
 def stream_lr(
@@ -202,24 +241,50 @@ def train_single(
     chunks = max(eval_points, 1)
     bounds = [round(i * total / chunks) for i in range(chunks + 1)]
     started = time.perf_counter()
+    trace: list[dict[str, float]] = []
     for i in range(chunks):
         last = i == chunks - 1
+        classes = {k: v.clone() for k, v in trainer.class_counts.items()}
         result = trainer.run(
             stream[bounds[i] : bounds[i + 1]],
             lr_schedule=lr_at,
             filter_lr_schedule=filter_lr_at,
+            progress=lambda position: position / total,
             flush=last,
         )
         ledger += result.ledger
         if eval_points:
             acc, _ = evaluate(net, test, len(test), device=device)
             curve.append((bounds[i + 1], acc))
+            point = {"streamed": float(bounds[i + 1]), "accuracy": acc}
+            point.update(instruments(result.ledger))
+            if use_eif:
+                streamed_c, trained_c = (
+                    _since(trainer.class_counts[k], classes[k]) for k in ("streamed", "trained")
+                )
+                tv, low, high = class_skew(streamed_c, trained_c)
+                point.update(class_tv=tv, class_ratio_min=low, class_ratio_max=high)
+            trace.append(point)
             if progress is not None:
                 progress(
                     f"{name}: {bounds[i + 1]:,}/{total:,} streamed, acc {100 * acc:.2f}%, "
-                    f"saved {100 * ledger.computation_saved:.1f}%"
+                    f"saved {100 * ledger.computation_saved:.1f}%, "
+                    + ", ".join(
+                        f"{k} {v:.3g}"
+                        for k, v in point.items()
+                        if k not in ("streamed", "accuracy")
+                    )
                 )
     wall = time.perf_counter() - started
     acc, loss = evaluate(net, test, len(test), device=device)
     trainer.close()
-    return SingleResult(name=name, ledger=ledger, accuracy=acc, loss=loss, wall_s=wall, curve=curve)
+    return SingleResult(
+        name=name, ledger=ledger, accuracy=acc, loss=loss, wall_s=wall, curve=curve, trace=trace
+    )
+
+
+def _since(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Counts added to ``now`` since ``before`` (which may be shorter)."""
+    out = now.clone()
+    out[: len(before)] -= before
+    return out

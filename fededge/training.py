@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from fededge.error_map import EMPConfig, ErrorMapPruner, KernelPlans, Kernels
 from fededge.flops import ModelCost, model_cost
-from fededge.instance_filter import EIFConfig, InstanceFilter
+from fededge.instance_filter import EIFConfig, FilterDecision, InstanceFilter
 from fededge.ledger import Ledger
 from fededge.quantize import LowBitMacs, ModelQuantizer, QuantConfig
 
@@ -85,6 +85,15 @@ class TrainResult:
 
     ledger: Ledger
     leftover: Tensor  # (k,) int64 dataset indices, in arrival order
+
+
+def _loss_divisor(rule: str, kept: int, streamed: int) -> float:
+    """What a step's summed loss over ``kept`` instances is divided by (``loss_norm``)."""
+    if rule == "kept":
+        return float(kept)
+    if rule == "streamed":
+        return float(streamed)
+    return math.sqrt(kept * streamed)
 
 
 @contextmanager
@@ -186,6 +195,14 @@ class LocalTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.queue = torch.empty(0, dtype=torch.long)
         self.position = 0  # instances streamed over the trainer's lifetime
+        self._streamed_since_step = 0
+        self._progress: Callable[[int], float] | None = None
+        # labels of the instances streamed through the filter (or trained in a full
+        # phase) and of those trained: does the filter favour some classes?
+        self.class_counts = {
+            "streamed": torch.zeros(0, dtype=torch.long),
+            "trained": torch.zeros(0, dtype=torch.long),
+        }
 
     def set_lr(self, lr: float) -> None:
         """Set the main net's learning rate."""
@@ -232,6 +249,7 @@ class LocalTrainer:
         budget_macs: float = math.inf,
         lr_schedule: Callable[[int], float] | None = None,
         filter_lr_schedule: Callable[[int], float] | None = None,
+        progress: Callable[[int], float] | None = None,
         flush: bool = False,
     ) -> TrainResult:
         """Stream ``indices`` (dataset indices in arrival order) through the loop.
@@ -242,6 +260,8 @@ class LocalTrainer:
         budget_macs : stop before any piece of work that would exceed it.
         lr_schedule, filter_lr_schedule : learning rate as a function of
             :attr:`position` (instances streamed so far), applied per streamed batch.
+        progress : the share of the whole run (0..1) done at a :attr:`position`;
+            EIF's full-training phases (``full_first``, ``full_last``) need it.
         flush : after the stream, also train the queued remainder (< batch_size)
             as a final smaller batch. Devices leave it queued for their next round.
 
@@ -250,6 +270,7 @@ class LocalTrainer:
         TrainResult with the ledger and the unprocessed arrivals.
         """
         start = time.perf_counter()
+        self._progress = progress
         ledger = Ledger(arrived=len(indices), budget_macs=budget_macs)
         m = self.config.batch_size
         cursor = 0
@@ -269,7 +290,13 @@ class LocalTrainer:
         if flush and not stopped and len(self.queue):
             if ledger.spent_macs + self._main_step_bound(len(self.queue)) <= budget_macs:
                 batch, self.queue = self.queue, self.queue[:0]
-                self._train_main(batch, ledger)
+                full = self.filter is None or self._in_full_phase()
+                self._train_main(
+                    batch,
+                    ledger,
+                    denominator=self._denominator(len(batch), full=full),
+                    selected=not full,
+                )
                 if self.filter is not None:
                     self._train_filter(ledger, budget_macs, force=True)
             else:
@@ -279,6 +306,15 @@ class LocalTrainer:
         ledger.budget_exhausted = int(stopped)
         ledger.wall_s = time.perf_counter() - start
         return TrainResult(ledger=ledger, leftover=leftover)
+
+    def _in_full_phase(self) -> bool:
+        """True inside a full-training phase of EIF (``full_first`` / ``full_last``)."""
+        assert self.filter is not None
+        cfg = self.filter.config
+        if not (cfg.full_first or cfg.full_last) or self._progress is None:
+            return False
+        done = self._progress(self.position)
+        return done < cfg.full_first or done >= 1.0 - cfg.full_last
 
     def _stream_batch(self, idx: Tensor, ledger: Ledger, budget: float) -> bool:
         """Process one streamed mini-batch; False when the budget stops the run.
@@ -290,18 +326,25 @@ class LocalTrainer:
         """
         m = len(idx)
         step = self._main_step_bound(self.config.batch_size)
-        if self.filter is None:
+        if self.filter is None or self._in_full_phase():
+            # plain SGD, or a full-training phase (the filter learns from every loss)
             if ledger.spent_macs + step > budget:
                 return False
             self._account_streamed(idx, ledger)
             self.queue = torch.cat([self.queue, idx])
-            return self._drain_queue(ledger, budget)
+            going = self._drain_queue(ledger, budget, full=True)
+            if self.filter is not None:
+                self._train_filter(ledger, budget)
+                self.filter.end_batch(m)
+            return going
 
         assert self.filter_cost is not None
+        cfg = self.filter.config
         if ledger.spent_macs + m * self.filter_cost.forward_macs + step > budget:
             return False
         self._account_streamed(idx, ledger)
         x, y = self._fetch(idx)
+        self._count_classes("streamed", y)
         decision = self.filter.decide(x, self.generator)
         ledger.filter_forward_macs += m * self.filter_cost.forward_macs
         lowbit = self._filter_lowbit.forward_only().times(m)
@@ -316,18 +359,57 @@ class LocalTrainer:
                 if not self.model.training:
                     self.model.train()
                 losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
-            self.filter.observe(
-                x[sample], losses, predicted_high=False, explored=decision.explored[sample]
-            )
+            explored = decision.explored[sample]
+            self.filter.observe(x[sample], losses, predicted_high=False, explored=explored)
             ledger.uncertainty_sampled += n_sample
             ledger.sampled_forward_macs += sample_macs
             lowbit = self._main_lowbit.forward_only().times(n_sample)
             self._charge_lowbit(ledger, self.quantizer, lowbit)
-        self.queue = torch.cat([self.queue, idx[keep.cpu()]])
-        going = self._drain_queue(ledger, budget)
+            explored_losses = losses[explored]
+            ledger.explored += len(explored_losses)
+            ledger.explored_high += int((explored_losses >= self.filter.threshold).sum())
+            ledger.explored_loss_sum += float(explored_losses.sum())
+        if cfg.update == "queued":
+            self.queue = torch.cat([self.queue, idx[keep.cpu()]])
+            going = self._drain_queue(ledger, budget, full=False)
+        else:
+            going = self._train_kept(idx, x, y, decision, ledger, budget)
         self._train_filter(ledger, budget)
         self.filter.end_batch(m)
         return going
+
+    def _train_kept(
+        self,
+        idx: Tensor,
+        x: Tensor,
+        y: Tensor,
+        decision: FilterDecision,
+        ledger: Ledger,
+        budget: float,
+    ) -> bool:
+        """The paper's update: one main-net step on this streamed batch's kept instances."""
+        assert self.filter is not None
+        cfg = self.filter.config
+        keep = decision.keep
+        n = int(keep.sum())
+        if not n:
+            return True
+        if ledger.spent_macs + self._main_step_bound(n) > budget:
+            return False
+        weights = None
+        if cfg.rescale and decision.prob_keep is not None:
+            # 1/p, with p floored at R_set: a rarely kept easy instance does not dominate
+            weights = 1.0 / decision.prob_keep[keep].clamp(min=cfg.target_ratio)
+        denominator = _loss_divisor(cfg.loss_norm, n, max(len(idx), n))
+        self._train_main(
+            idx[keep.cpu()],
+            ledger,
+            xy=(x[keep], y[keep]),
+            weights=weights,
+            denominator=denominator,
+            selected=True,
+        )
+        return True
 
     def _train_filter(self, ledger: Ledger, budget: float, *, force: bool = False) -> None:
         """Train the filter on its waiting labels when it is ready (and the budget allows)."""
@@ -347,31 +429,71 @@ class LocalTrainer:
         ledger.streamed += len(idx)
         ledger.baseline_macs += len(idx) * self.dense_step_macs
         self.position += len(idx)
+        self._streamed_since_step += len(idx)
 
-    def _drain_queue(self, ledger: Ledger, budget: float) -> bool:
-        """Train every full mini-batch in the queue; False if the budget stopped it."""
+    def _drain_queue(self, ledger: Ledger, budget: float, *, full: bool) -> bool:
+        """Train every full mini-batch in the queue; False if the budget stopped it.
+
+        ``full``: the queue holds every streamed instance (plain SGD or a
+        full-training phase), so the loss is a plain mean; otherwise it holds the
+        filter's kept instances and ``loss_norm`` decides the divisor.
+        """
         m = self.config.batch_size
         while len(self.queue) >= m:
             if ledger.spent_macs + self._main_step_bound(m) > budget:
                 return False
             batch, self.queue = self.queue[:m], self.queue[m:]
-            self._train_main(batch, ledger)
+            self._train_main(
+                batch, ledger, denominator=self._denominator(m, full=full), selected=not full
+            )
         return True
+
+    def _denominator(self, n: int, *, full: bool) -> float:
+        """Divisor of a step's summed loss over ``n`` instances."""
+        if full or self.filter is None:
+            return float(n)
+        return _loss_divisor(self.filter.config.loss_norm, n, max(n, self._streamed_since_step))
+
+    def _count_classes(self, kind: str, y: Tensor) -> None:
+        counts = torch.bincount(y.cpu(), minlength=len(self.class_counts[kind]))
+        if len(counts) > len(self.class_counts[kind]):
+            grown = torch.zeros(len(counts), dtype=torch.long)
+            grown[: len(self.class_counts[kind])] = self.class_counts[kind]
+            self.class_counts[kind] = grown
+        self.class_counts[kind][: len(counts)] += counts
 
     def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.data.batch(idx, self.generator)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _train_main(self, idx: Tensor, ledger: Ledger) -> None:
-        """One SGD step of the main net on ``idx``; accounts MACs from EMP's choices."""
-        x, y = self._fetch(idx)
+    def _train_main(
+        self,
+        idx: Tensor,
+        ledger: Ledger,
+        *,
+        xy: tuple[Tensor, Tensor] | None = None,
+        weights: Tensor | None = None,
+        denominator: float | None = None,
+        selected: bool = False,
+    ) -> None:
+        """One SGD step of the main net on ``idx``; accounts MACs from EMP's choices.
+
+        The loss is ``sum_i w_i * loss_i / denominator`` (``w_i = 1`` and
+        ``denominator = n`` -- a plain mean -- by default). ``xy``: the
+        instances already fetched (so the filter and main net see the same
+        augmented views); ``selected``: they were kept by the filter.
+        """
+        x, y = xy if xy is not None else self._fetch(idx)
         n = len(idx)
         if not self.model.training:  # (a whole-tree walk otherwise, every step)
             self.model.train()
         losses = F.cross_entropy(self.model(x), y, reduction="none")
         self.optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()  # type: ignore[no-untyped-call]
+        weighted = losses if weights is None else losses * weights
+        total = weighted.sum() / (denominator if denominator is not None else n)
+        total.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
+        self._streamed_since_step = 0
         cost = self.main_cost
         ledger.main_forward_macs += n * cost.forward_macs
         if self.pruner is None:
@@ -387,9 +509,18 @@ class LocalTrainer:
             self.quantizer.charge(ledger, lowbit)
         ledger.trained += n
         ledger.steps += 1
-        ledger.loss_sum += float(losses.detach().sum())
+        loss_sum = float(losses.detach().sum())
+        ledger.loss_sum += loss_sum
+        self._count_classes("trained", y)
         if self.filter is not None:
-            self.filter.observe(x, losses, predicted_high=True)
+            high = self.filter.observe(x, losses, predicted_high=True)
+            if selected:
+                ledger.selected += n
+                ledger.selected_high += high
+                ledger.selected_loss_sum += loss_sum
+            else:
+                ledger.full_trained += n
+                self._count_classes("streamed", y)
 
     @staticmethod
     def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -402,6 +533,7 @@ class LocalTrainer:
         state: dict[str, Any] = {
             "queue": self.queue.clone(),
             "position": self.position,
+            "streamed_since_step": self._streamed_since_step,
             "generator": self.generator.get_state(),
         }
         if self.filter is not None:
@@ -412,6 +544,7 @@ class LocalTrainer:
         """Restore what :meth:`state_dict` returned."""
         self.queue = state["queue"].clone()
         self.position = int(state["position"])
+        self._streamed_since_step = int(state.get("streamed_since_step", 0))
         self.generator.set_state(state["generator"])
         if self.filter is not None and "filter" in state:
             self.filter.load_state_dict(state["filter"])

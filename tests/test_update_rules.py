@@ -1,0 +1,153 @@
+"""EIF's update rules, loss normalisation, selection phases and instruments (hand counts)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from fededge.instance_filter import EIFConfig, _rank_probability
+from fededge.ledger import Ledger
+from fededge.models import build_filter, build_model
+from fededge.single import class_skew
+from fededge.training import LocalTrainer, TrainConfig
+
+SHAPE = (1, 28, 28)
+
+
+class Synthetic:
+    def __init__(self, n: int = 640) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, *SHAPE, generator=g)
+        self.y = torch.randint(0, 10, (n,), generator=g)
+
+    def batch(self, idx: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+def _eif_trainer(m: int = 20, momentum: float = 0.0, **eif: object) -> LocalTrainer:
+    torch.manual_seed(0)
+    net = build_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    torch.manual_seed(1)
+    filt = build_filter("slim-lenet", in_channels=1, image_size=28)
+    cfg = EIFConfig(target_ratio=0.5, explore_ratio=0.1, **eif)  # type: ignore[arg-type]
+    return LocalTrainer(
+        net,
+        Synthetic(),
+        SHAPE,
+        TrainConfig(batch_size=m, lr=0.1, momentum=momentum),
+        filter_net=filt,
+        eif=cfg,
+        seed=0,
+    )
+
+
+def test_per_batch_update_steps_once_per_streamed_batch_on_its_kept_instances() -> None:
+    # Prepare: batches of 20 at R_set = 0.5 keep exactly 10 (the first batch: all 20)
+    trainer = _eif_trainer(update="per_batch")
+    # Execute
+    ledger = trainer.run(torch.arange(200)).ledger
+    # Assert: 10 streamed batches -> 10 steps; 20 + 9 * 10 instances trained
+    assert ledger.steps == 10
+    assert ledger.trained == 20 + 9 * 10
+    assert ledger.selected == ledger.trained and ledger.full_trained == 0
+    assert len(trainer.queue) == 0
+
+
+def test_queued_update_steps_on_full_batches_only() -> None:
+    trainer = _eif_trainer(update="queued")
+    ledger = trainer.run(torch.arange(200)).ledger
+    # 110 kept -> 5 full batches of 20 trained, 10 wait in the queue
+    assert (ledger.steps, ledger.trained, len(trainer.queue)) == (5, 100, 10)
+
+
+@pytest.mark.parametrize("update", ["per_batch", "queued"])
+def test_streamed_loss_norm_scales_the_step_by_kept_over_streamed(update: str) -> None:
+    # Prepare: the same trainer twice; one step on batch 1 (all 20 kept), one on batch 2
+    deltas = {}
+    for norm in ("kept", "streamed"):
+        trainer = _eif_trainer(update=update, loss_norm=norm)
+        trainer.run(torch.arange(20))  # the first batch: every instance kept (T_l unknown)
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        # Execute: two more streamed batches -> 20 kept instances
+        ledger = trainer.run(torch.arange(20, 60)).ledger
+        after = list(trainer.model.parameters())
+        deltas[norm] = (torch.cat([(a - b).flatten() for a, b in zip(after, before)]), ledger)
+    kept_delta, kept_ledger = deltas["kept"]
+    streamed_delta, streamed_ledger = deltas["streamed"]
+    # Assert: same instances trained; (momentum 0) a step of a masked loss is n/m of a mean's
+    assert kept_ledger.trained == streamed_ledger.trained == 20
+    if update == "queued":  # one step on 20 kept of the 40 streamed since the last one
+        torch.testing.assert_close(streamed_delta, kept_delta * 0.5, rtol=1e-4, atol=1e-7)
+    else:  # two steps, each on 10 kept of 20: not linear in the loss scale, but smaller
+        assert streamed_delta.norm() < 0.75 * kept_delta.norm()
+
+
+def test_full_phases_train_everything_and_skip_filter_inference() -> None:
+    # Prepare: 10 batches of 20; the first 30% and the last 20% of the run are full phases
+    trainer = _eif_trainer(full_first=0.3, full_last=0.2)
+    assert trainer.filter_cost is not None
+    # Execute
+    ledger = trainer.run(torch.arange(200), progress=lambda position: position / 200).ledger
+    # Assert: batches 1-3 and 9-10 fully trained (100), batches 4-8 filtered (5 x 10 kept)
+    assert ledger.full_trained == 100
+    assert ledger.selected == 50
+    assert ledger.trained == 150
+    assert ledger.steps == 10
+    assert ledger.filter_forward_macs == 100 * trainer.filter_cost.forward_macs
+    assert ledger.filtered_out == 50
+
+
+def test_full_phase_needs_the_run_progress() -> None:
+    # without a progress function there are no phases: the filter decides throughout
+    ledger = _eif_trainer(full_first=0.5).run(torch.arange(200)).ledger
+    assert ledger.full_trained == 0
+
+
+def test_rank_probability_is_rank_share_to_the_beta() -> None:
+    # R_set = 0.5 -> beta = 1: p = rank / m
+    score = torch.tensor([3.0, -1.0, 7.0, 0.5])
+    p = _rank_probability(score, 0.5, torch.zeros(4))
+    torch.testing.assert_close(p, torch.tensor([0.75, 0.25, 1.0, 0.5]))
+    # R_set = 0.2 -> beta = 4: the expected kept share is close to R_set
+    p = _rank_probability(torch.randn(1000), 0.2, torch.rand(1000))
+    assert abs(float(p.mean()) - 0.2) < 0.01
+
+
+def test_rank_rule_keeps_r_set_in_expectation() -> None:
+    trainer = _eif_trainer(m=50, keep_rule="rank")
+    ledger = trainer.run(torch.arange(600)).ledger
+    # the first batch is kept whole; the other 11 keep about half of 50 each
+    assert 0.4 < (ledger.selected - 50) / 550 < 0.6
+
+
+def test_rescale_needs_the_rank_rule() -> None:
+    with pytest.raises(ValueError, match="rescale"):
+        EIFConfig(rescale=True)
+    EIFConfig(rescale=True, keep_rule="rank", loss_norm="streamed")
+
+
+def test_filter_precision_and_recall_from_hand_counts() -> None:
+    # 40 kept, 30 of them high; 160 dropped, 16 explored, 4 of those high
+    # -> dropped-high estimate 4 * 160 / 16 = 40; recall = 30 / (30 + 40)
+    ledger = Ledger(
+        selected=40,
+        selected_high=30,
+        selected_loss_sum=80.0,
+        filtered_out=160,
+        explored=16,
+        explored_high=4,
+        explored_loss_sum=8.0,
+    )
+    assert ledger.filter_precision == 0.75
+    assert ledger.filter_recall == pytest.approx(30 / 70)
+    assert (ledger.kept_mean_loss, ledger.dropped_mean_loss) == (2.0, 0.5)
+    assert math.isnan(Ledger().filter_recall)
+
+
+def test_class_skew_total_variation_and_ratios() -> None:
+    tv, low, high = class_skew(torch.tensor([50, 50]), torch.tensor([10, 30]))
+    assert tv == pytest.approx(0.25)
+    assert (low, high) == (pytest.approx(0.5), pytest.approx(1.5))
