@@ -40,6 +40,8 @@ hold the trained share near R_set with a small filter (README, "EIF rules"):
   so that R_set of the batch is kept in expectation (Selective-Backprop's rule,
   Jiang et al. 2019, on the filter's score instead of the main net's loss):
   easier instances keep a small chance of being trained.
+  ``"random"``: a control, not a method: R_set of each mini-batch at random
+  (the paper's stochastic mini-batch dropping, SMD), the filter still paid for.
 * ``ratio_estimate = "paper"``: R_TH counts predicted-H and labelled-H
   instances only; with imperfect recall it stays below R_set and T_l falls
   without bound. ``"stream"`` (default) adds the labelled-H instances found by
@@ -62,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOW, HIGH = 0, 1
-KEEP_RULES = ("quantile", "argmax", "rank")
+KEEP_RULES = ("quantile", "argmax", "rank", "random")
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class EIFConfig:
     initial_threshold : T_l before the first update (> 0); None: the
         ``1 - R_set`` quantile of the first main-net losses observed (every
         instance of the first streamed mini-batch is kept to observe them).
-    keep_rule : ``"quantile"``, ``"argmax"`` (the paper's) or ``"rank"``; see the
-        module docstring.
+    keep_rule : ``"quantile"``, ``"argmax"`` (the paper's), ``"rank"`` or
+        ``"random"`` (a control); see the module docstring.
     ratio_estimate : ``"stream"`` or ``"paper"``; see the module docstring.
     lr : learning rate of the filter's SGD optimizer.
     lr_final : learning rate reached linearly by the end of the stream (None: constant).
@@ -129,7 +131,7 @@ class EIFConfig:
     max_sample_ratio: float = 0.05
     explore_ratio: float = 0.05
     initial_threshold: float | None = None
-    keep_rule: Literal["quantile", "argmax", "rank"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank", "random"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: float = 0.03
     lr_final: float | None = None
@@ -137,7 +139,7 @@ class EIFConfig:
     weight_decay: float = 1e-4
     min_batch: int = 32
     update: Literal["per_batch", "queued"] = "per_batch"
-    loss_norm: Literal["kept", "streamed", "sqrt"] = "kept"
+    loss_norm: Literal["kept", "streamed", "sqrt"] = "streamed"
     full_first: float = 0.0
     full_last: float = 0.0
     rescale: bool = False
@@ -360,6 +362,8 @@ class InstanceFilter:
             keep = torch.ones(m, dtype=torch.bool, device=score.device)
         elif cfg.keep_rule == "argmax":
             keep = score > 0
+        elif cfg.keep_rule == "random":  # a control: the paper's SMD, the filter ignored
+            keep = _top_share(draw, cfg.target_ratio, draw)
         elif cfg.keep_rule == "rank":
             prob_keep = _rank_probability(score, cfg.target_ratio, draw)
             coin = torch.rand(m, generator=generator).to(score.device)

@@ -138,7 +138,7 @@ class EIFSection(Section):
     max_sample_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     explore_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     initial_threshold: PosFloat | None = None
-    keep_rule: Literal["quantile", "argmax", "rank"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank", "random"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: PosFloat = 0.03
     lr_final: PosFloat | None = None
@@ -146,7 +146,7 @@ class EIFSection(Section):
     weight_decay: NonNegFloat = 1e-4
     min_batch: PosInt = 32
     update: Literal["per_batch", "queued"] = "per_batch"
-    loss_norm: Literal["kept", "streamed", "sqrt"] = "kept"
+    loss_norm: Literal["kept", "streamed", "sqrt"] = "streamed"
     full_first: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     full_last: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     rescale: StrictBool = False
