@@ -74,7 +74,10 @@ def test_streamed_loss_norm_scales_the_step_by_kept_over_streamed(update: str) -
         # Execute: two more streamed batches -> 20 kept instances
         ledger = trainer.run(torch.arange(20, 60)).ledger
         after = list(trainer.model.parameters())
-        deltas[norm] = (torch.cat([(a - b).flatten() for a, b in zip(after, before)]), ledger)
+        deltas[norm] = (
+            torch.cat([(a - b).flatten() for a, b in zip(after, before, strict=True)]),
+            ledger,
+        )
     kept_delta, kept_ledger = deltas["kept"]
     streamed_delta, streamed_ledger = deltas["streamed"]
     # Assert: same instances trained; (momentum 0) a step of a masked loss is n/m of a mean's
@@ -151,3 +154,26 @@ def test_class_skew_total_variation_and_ratios() -> None:
     tv, low, high = class_skew(torch.tensor([50, 50]), torch.tensor([10, 30]))
     assert tv == pytest.approx(0.25)
     assert (low, high) == (pytest.approx(0.5), pytest.approx(1.5))
+
+
+def test_scenario_reports_inconsistent_eif_rules_with_the_field() -> None:
+    from fededge.errors import ConfigError
+    from fededge.scenario import parse_scenario
+
+    text = """
+[savers.eif]
+enabled = true
+rescale = true
+full_first = 0.6
+full_last = 0.5
+[[fleet.tiers]]
+name = "phones"
+profile = "phone"
+count = 1
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text)
+    message = str(info.value)
+    assert "savers.eif" in message
+    assert "rescale = true needs keep_rule" in message
+    assert "full_first + full_last must be < 1" in message
