@@ -127,7 +127,9 @@ class FleetStrategy(FedAvg):
         k = max(1, math.ceil(len(nodes) * self.fraction_train))
         if k < len(nodes):
             rng = np.random.default_rng([self.scenario.run.seed, server_round, 11])
-            nodes = sorted(int(n) for n in rng.choice(nodes, size=k, replace=False))
+            # draw positions, not the ids: numpy turns ids above 2**63 into rounded floats
+            picked = rng.choice(len(nodes), size=k, replace=False)
+            nodes = sorted(nodes[int(i)] for i in picked)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fededge.ledger import Ledger
@@ -149,3 +149,28 @@ def test_failures_and_dropouts_are_counted_and_round_skipped_below_minimum(tmp_p
     assert strategy._skipped
     statuses = sorted(r["status"] for r in strategy._rows)
     assert statuses == ["dropped", "failed", "ok"]
+
+
+class _Grid:
+    """The one Grid call configure_train makes."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.ids)
+
+
+def test_partial_participation_sends_to_real_node_ids(tmp_path: Path) -> None:
+    # Prepare: Flower's node ids are unsigned 64-bit, often above 2**63
+    ids = [2**64 - 1 - 7919 * i for i in range(6)] + [12345]
+    strategy = _strategy(tmp_path)
+    strategy.fraction_train = 0.5
+    # Execute
+    first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid(ids)))
+    again = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid(ids)))
+    # Assert: ceil(7 * 0.5) = 4 distinct ids, every one a real node, the same each time
+    chosen = [m.metadata.dst_node_id for m in first]
+    assert len(set(chosen)) == 4
+    assert set(chosen) <= set(ids)
+    assert chosen == [m.metadata.dst_node_id for m in again]
