@@ -161,16 +161,19 @@ class _Grid:
         return list(self.ids)
 
 
-def test_partial_participation_sends_to_real_node_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fraction", "expected"), [(0.1, 2), (0.5, 10)])
+def test_partial_participation_sends_to_real_node_ids(
+    tmp_path: Path, fraction: float, expected: int
+) -> None:
     # Prepare: Flower's node ids are unsigned 64-bit, often above 2**63
-    ids = [2**64 - 1 - 7919 * i for i in range(6)] + [12345]
+    ids = [2**64 - 1 - 7919 * i for i in range(19)] + [12345]
     strategy = _strategy(tmp_path)
-    strategy.fraction_train = 0.5
+    strategy.fraction_train = fraction
     # Execute
     first = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid(ids)))
     again = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid(ids)))
-    # Assert: ceil(7 * 0.5) = 4 distinct ids, every one a real node, the same each time
+    # Assert: ceil(20 * fraction) distinct ids, every one a real node, the same each time
     chosen = [m.metadata.dst_node_id for m in first]
-    assert len(set(chosen)) == 4
+    assert len(set(chosen)) == len(chosen) == expected
     assert set(chosen) <= set(ids)
     assert chosen == [m.metadata.dst_node_id for m in again]
