@@ -73,6 +73,8 @@ PAPER = {  # PAPER.md §5: (SGD accuracy, EIF+EMP saving, EIF+EMP accuracy, with
 #: (lr 0.01, momentum 0.5) takes small steps: a plain mean over the kept instances
 #: gave 98.72% where the default masked loss (``streamed``) gave 98.26% (README).
 SUITE_EIF: dict[str, dict[str, object]] = {"lenet": {"loss_norm": "kept"}, "cifar": {}}
+#: Mini-batch size of each suite's schedule (PAPER.md §5).
+BATCH = {"lenet": 64, "cifar": 128}
 CONVERSION = (
     "32-bit-eq: a MAC of a-bit x b-bit operands costs a*b/32^2 of a 32x32 MAC "
     "(8x8 forward and grad-input 1/16, 8x16 grad-weight 1/8; batch norm, pooling, adds, "
@@ -115,7 +117,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 data_dir=args.data_dir,
                 model="lenet5",
                 iterations=iterations or 18_700,
-                batch_size=64,
+                batch_size=BATCH["lenet"],
                 lr=0.01,
                 momentum=0.5,
                 **common,
@@ -126,7 +128,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
                 data_dir=args.data_dir,
                 model=f"resnet{args.depth}",
                 iterations=iterations or 3000,
-                batch_size=128,
+                batch_size=BATCH["cifar"],
                 lr=0.1,
                 momentum=0.9,
                 weight_decay=1e-4,
@@ -144,8 +146,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
         )
         results.append(result)
         if arm in args.smb:
-            batch = 64 if args.suite == "lenet" else 128
-            plan.insert(0, (f"smb:{arm}", smb_iterations(result, batch)))
+            plan.insert(0, (f"smb:{arm}", smb_iterations(result, BATCH[args.suite])))
     return results
 
 

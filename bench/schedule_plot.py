@@ -24,8 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-BATCH = {"lenet": 64, "cifar": 128}  # the suites' batch sizes (bench/reproduce.py)
+from reproduce import BATCH  # this script's folder is on sys.path when run as a script
 
 
 def load(paths: list[Path], arm: str) -> list[dict[str, float]]:

@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fededge.saver_rules import eif_rule_problems
+
 LOW, HIGH = 0, 1
 KEEP_RULES = ("quantile", "argmax", "rank", "random")
 
@@ -164,8 +166,6 @@ class EIFConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {value!r}")
-        if self.ratio_estimate == "stream" and self.explore_ratio == 0.0:
-            problems.append('ratio_estimate = "stream" needs explore_ratio > 0')
         if self.initial_threshold is not None and not self.initial_threshold > 0.0:
             problems.append(f"initial_threshold must be > 0, got {self.initial_threshold!r}")
         if self.keep_rule not in KEEP_RULES:
@@ -180,12 +180,7 @@ class EIFConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
-        if self.full_first + self.full_last >= 1.0:
-            problems.append(
-                f"full_first + full_last must be < 1, got {self.full_first + self.full_last!r}"
-            )
-        if self.rescale and (self.keep_rule != "rank" or self.update != "per_batch"):
-            problems.append('rescale needs keep_rule = "rank" and update = "per_batch"')
+        problems += eif_rule_problems(self)
         if self.ratio_estimate not in ("stream", "paper"):
             problems.append(
                 f"ratio_estimate must be 'stream' or 'paper', got {self.ratio_estimate!r}"

@@ -148,23 +148,26 @@ class Ledger:
     @property
     def mean_loss(self) -> float:
         """Mean training loss of the main net over trained instances (nan if none)."""
-        return self.loss_sum / self.trained if self.trained else math.nan
+        return _share(self.loss_sum, self.trained)
 
     # ------------------------------------------------------------ instruments
+    #: Derived figures that say why a run went well or badly (see the properties).
+    INSTRUMENTS = ("kept_mean_loss", "dropped_mean_loss", "filter_precision", "filter_recall")
+
     @property
     def kept_mean_loss(self) -> float:
         """Mean main-net loss of the instances the filter kept (nan if none)."""
-        return self.selected_loss_sum / self.selected if self.selected else math.nan
+        return _share(self.selected_loss_sum, self.selected)
 
     @property
     def dropped_mean_loss(self) -> float:
         """Mean main-net loss of the dropped instances, from the random exploration sample."""
-        return self.explored_loss_sum / self.explored if self.explored else math.nan
+        return _share(self.explored_loss_sum, self.explored)
 
     @property
     def filter_precision(self) -> float:
         """Share of kept instances that were truly high-loss (loss >= T_l)."""
-        return self.selected_high / self.selected if self.selected else math.nan
+        return _share(self.selected_high, self.selected)
 
     @property
     def filter_recall(self) -> float:
@@ -176,8 +179,7 @@ class Ledger:
         if not self.explored:
             return math.nan
         dropped_high = self.explored_high * self.filtered_out / self.explored
-        found = self.selected_high + dropped_high
-        return self.selected_high / found if found else math.nan
+        return _share(self.selected_high, self.selected_high + dropped_high)
 
     # ------------------------------------------------------------- arithmetic
     def __add__(self, other: Ledger) -> Ledger:
@@ -216,3 +218,8 @@ class Ledger:
     def field_names(cls) -> tuple[str, ...]:
         """Names of the stored (non-derived) fields."""
         return tuple(f.name for f in fields(cls))
+
+
+def _share(part: float, whole: float) -> float:
+    """``part / whole``, nan when ``whole`` is 0."""
+    return part / whole if whole else math.nan

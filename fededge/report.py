@@ -171,10 +171,8 @@ class FleetReport:
             row[name] = float(ok[name].sum()) if len(ok) else 0.0
         # why a round went well or badly (fededge.single.instruments, fleet-wide)
         probe = Ledger(**{k: row[k] for k in ("filtered_out", *INSTRUMENT_FIELDS)})
-        row["kept_mean_loss"] = probe.kept_mean_loss
-        row["dropped_mean_loss"] = probe.dropped_mean_loss
-        row["filter_precision"] = probe.filter_precision
-        row["filter_recall"] = probe.filter_recall
+        for name in Ledger.INSTRUMENTS:
+            row[name] = getattr(probe, name)
         budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
         row["requested_macs"] = float(budgets[budgets.map(math.isfinite)].sum())
         row["spent_macs"] = float(sum(row[k] for k in MAC_FIELDS))

@@ -56,6 +56,7 @@ from pydantic import (
 
 from fededge.devices import CATALOG, DeviceProfile, load_profile_file
 from fededge.errors import ConfigError, ConfigIssue, DataError
+from fededge.saver_rules import eif_rule_problems
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
@@ -153,15 +154,7 @@ class EIFSection(Section):
 
     @model_validator(mode="after")
     def _rules(self) -> EIFSection:
-        problems = []
-        if self.ratio_estimate == "stream" and self.explore_ratio == 0.0:
-            problems.append('ratio_estimate = "stream" needs explore_ratio > 0')
-        if self.full_first + self.full_last >= 1.0:
-            problems.append(
-                f"full_first + full_last must be < 1, got {self.full_first + self.full_last!r}"
-            )
-        if self.rescale and (self.keep_rule != "rank" or self.update != "per_batch"):
-            problems.append('rescale = true needs keep_rule = "rank" and update = "per_batch"')
+        problems = eif_rule_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -211,6 +211,7 @@ def train_single(
         seed=seed,
         device=device,
         quant=(quant or QuantConfig()) if use_q else None,
+        count_classes=use_eif and eval_points > 0,
     )
     total = iterations * batch_size if iterations is not None else round(epochs * len(train))
     gen = torch.Generator().manual_seed(seed)

@@ -2,13 +2,14 @@
 
 Baseline SGD, EIF, EMP and EIF+EMP are this same loop (STYLE.md habit 5):
 
-* without EIF every streamed instance is queued for the main net;
+* without EIF the main net takes one step per streamed mini-batch on all of it;
 * with EIF (:class:`~fededge.instance_filter.InstanceFilter`) the filter net
-  reads each streamed mini-batch first and only predicted-high instances are
-  queued; uncertain drops are run forward through the main net to label them;
-* kept instances are queued into *full* mini-batches of ``batch_size`` before
-  the main net trains on them (no tiny ragged batches); the queue persists
-  across calls, so a device carries it from round to round;
+  reads each streamed mini-batch first and the main net takes one step on its
+  predicted-high instances (``update = "per_batch"``, the paper's rule; the
+  loss divisor is ``loss_norm``), or they are queued into full mini-batches of
+  ``batch_size`` that persist across calls (``update = "queued"``); uncertain
+  drops are run forward through the main net to label them; in a full-training
+  phase (``full_first`` / ``full_last``) every instance is trained;
 * with EMP (:class:`~fededge.error_map.ErrorMapPruner`) the conv layers of the
   main net back-propagate only their top-scoring output channels;
 * with quantization (:class:`~fededge.quantize.ModelQuantizer`) the main net
@@ -132,6 +133,7 @@ class LocalTrainer:
     emp_plans : EMP kernel choices shared with other trainers (e.g. one per process,
         for every device it hosts), so autotuning is not repeated per trainer.
     quant : quantized-training parameters, or None for float32 training.
+    count_classes : keep :attr:`class_counts` (labels streamed and trained).
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class LocalTrainer:
         emp_plans: KernelPlans | None = None,
         emp_kernels: Kernels = "rule",
         quant: QuantConfig | None = None,
+        count_classes: bool = False,
     ) -> None:
         if (filter_net is None) != (eif is None):
             raise ValueError("EIF needs both a filter net and an EIFConfig (or neither)")
@@ -198,7 +201,10 @@ class LocalTrainer:
         self._streamed_since_step = 0
         self._progress: Callable[[int], float] | None = None
         # labels of the instances streamed through the filter (or trained in a full
-        # phase) and of those trained: does the filter favour some classes?
+        # phase) and of those trained: does the filter favour some classes? Off by
+        # default: a label count per step (and its copy off an accelerator) that
+        # only a researcher's trace reads.
+        self.count_classes = count_classes
         self.class_counts = {
             "streamed": torch.zeros(0, dtype=torch.long),
             "trained": torch.zeros(0, dtype=torch.long),
@@ -400,7 +406,7 @@ class LocalTrainer:
         if cfg.rescale and decision.prob_keep is not None:
             # 1/p, with p floored at R_set: a rarely kept easy instance does not dominate
             weights = 1.0 / decision.prob_keep[keep].clamp(min=cfg.target_ratio)
-        denominator = _loss_divisor(cfg.loss_norm, n, max(len(idx), n))
+        denominator = _loss_divisor(cfg.loss_norm, n, len(idx))
         self._train_main(
             idx[keep.cpu()],
             ledger,
@@ -455,6 +461,8 @@ class LocalTrainer:
         return _loss_divisor(self.filter.config.loss_norm, n, max(n, self._streamed_since_step))
 
     def _count_classes(self, kind: str, y: Tensor) -> None:
+        if not self.count_classes:
+            return
         counts = torch.bincount(y.cpu(), minlength=len(self.class_counts[kind]))
         if len(counts) > len(self.class_counts[kind]):
             grown = torch.zeros(len(counts), dtype=torch.long)

@@ -1,0 +1,42 @@
+"""Rules between EIF's parameters, shared by the scenario loader and :class:`EIFConfig`.
+
+Kept free of torch so that parsing a scenario does not import it; each rule is
+written once and both places report the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class EIFRuleFields(Protocol):
+    """The EIF parameters the rules read (``EIFSection`` and ``EIFConfig`` have them)."""
+
+    @property
+    def ratio_estimate(self) -> str: ...
+    @property
+    def explore_ratio(self) -> float: ...
+    @property
+    def full_first(self) -> float: ...
+    @property
+    def full_last(self) -> float: ...
+    @property
+    def rescale(self) -> bool: ...
+    @property
+    def keep_rule(self) -> str: ...
+    @property
+    def update(self) -> str: ...
+
+
+def eif_rule_problems(eif: EIFRuleFields) -> list[str]:
+    """Problems with how EIF's parameters combine (each alone may be valid)."""
+    problems = []
+    if eif.ratio_estimate == "stream" and eif.explore_ratio == 0.0:
+        problems.append('ratio_estimate = "stream" needs explore_ratio > 0')
+    if eif.full_first + eif.full_last >= 1.0:
+        problems.append(
+            f"full_first + full_last must be < 1, got {eif.full_first + eif.full_last!r}"
+        )
+    if eif.rescale and (eif.keep_rule != "rank" or eif.update != "per_batch"):
+        problems.append('rescale = true needs keep_rule = "rank" and update = "per_batch"')
+    return problems
