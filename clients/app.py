@@ -25,9 +25,9 @@ from flwr.clientapp import ClientApp
 
 from clients import state as device_state
 from clients.transport import record_tensors
-from fededge.deployment import device_tier, parse_node_config
+from fededge.deployment import DeviceSetup, device_tier, parse_node_config
 from fededge.fleet import FleetRuntime
-from fededge.scenario import Scenario, parse_scenario
+from fededge.scenario import Scenario, Tier, parse_scenario
 
 app = ClientApp()
 
@@ -87,7 +87,29 @@ def query(msg: Message, context: Context) -> Message:
             "real_device": int(setup.real),
         }
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(
+        RecordDict({"metrics": metrics, "device": _device_record(tier, setup)}), reply_to=msg
+    )
+
+
+def _device_record(tier: Tier, setup: DeviceSetup) -> ConfigRecord:
+    """Tier, profile and kind of this device, as the server reports them."""
+    return ConfigRecord({"tier": tier.name, "profile": tier.profile.name, "kind": setup.kind})
+
+
+def _state_dir(setup: DeviceSetup, config: ConfigRecord, scenario: Scenario) -> str:
+    """Where this device keeps its state files ("" for nowhere).
+
+    A simulated device: the folder the server names (its output folder). A real
+    device: its own folder (node config ``state-dir``), one subfolder per
+    scenario -- never a path the server chose.
+    """
+    if not setup.real:
+        return str(config.get("state-dir", ""))
+    if not str(config.get("state-dir", "")):
+        return ""  # the server keeps no state for this run (no checkpoints)
+    digest = str(config.get("scenario-digest", ""))[:12]
+    return str(setup.own_state_dir() / f"{scenario.run.name}-{digest}")
 
 
 class InjectedFault(RuntimeError):
@@ -126,7 +148,7 @@ def train(msg: Message, context: Context) -> Message:
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     server_round = int(str(config["server-round"]))
-    state_dir = str(config.get("state-dir", ""))
+    state_dir = _state_dir(setup, config, runtime.scenario)
 
     state, state_round = device_state.load(context.state)
     if state_dir and (state is None or state_round >= server_round):
@@ -161,7 +183,5 @@ def train(msg: Message, context: Context) -> Message:
         "pid": os.getpid(),
     }
     content["metrics"] = MetricRecord(metrics)
-    content["device"] = ConfigRecord(
-        {"tier": tier.name, "profile": tier.profile.name, "kind": setup.kind}
-    )
+    content["device"] = _device_record(tier, setup)
     return Message(content, reply_to=msg)

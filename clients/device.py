@@ -246,6 +246,7 @@ def run_device(
     worker: bool = True,
     worker_poll_s: float = 0.05,
     supernode_poll_s: float | None = None,
+    client_app: ClientApp | None = None,
 ) -> None:
     """Run a SuperNode and (``worker``) a :class:`DeviceWorker` in this process.
 
@@ -258,6 +259,9 @@ def run_device(
     worker : serve the ClientApp from this process.
     worker_poll_s : seconds between the worker's claims while idle.
     supernode_poll_s : cap on the SuperNode's own waits (None: Flower's 3 s).
+    client_app : the ClientApp the worker serves (default: fededge's,
+        :data:`clients.app.app`); another app stands in for a device built on
+        another stack (see docs/device-contract.md).
 
     Returns when the SuperNode stops (Ctrl-C, SIGTERM, refused by the SuperLink):
     Flower exits the process with its exit code.
@@ -269,12 +273,12 @@ def run_device(
         shorten_object_pulls()
     if supernode_poll_s is not None:
         shorten_supernode_polls(supernode_poll_s)
-    if worker:
+    if worker and client_app is None:
         # the app's imports (torch, the core) load now, not in the first round
         import clients.app  # noqa: F401
-
+    if worker:
         address = f"127.0.0.1:{runtime_port}"
-        DeviceWorker(address, poll_s=worker_poll_s, on_reply=print_reply).start()
+        DeviceWorker(address, client_app, poll_s=worker_poll_s, on_reply=print_reply).start()
     # flower-supernode parses its own command line: hand it its arguments
     sys.argv = ["flower-supernode", *supernode_args]
     flower_supernode()

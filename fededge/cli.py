@@ -25,6 +25,8 @@ from fededge.errors import FedEdgeError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: The run finished but produced nothing usable (no device trained).
+EXIT_FAILED = 1
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -123,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(report.summary_text())
     print(f"\nresults: {out_dir}")
+    failure = report.failure()
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

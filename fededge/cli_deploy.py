@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -43,12 +44,16 @@ import tomli_w
 from fededge.errors import ConfigError, ConfigIssue
 from fededge.flower_commands import (
     CONNECTION,
+    EXPLICIT_CONNECTION,
+    LOOPBACK,
     app_dir,
     flower_env,
     node_config_text,
     node_config_values,
     program,
     run_config,
+    superexec_command,
+    superexec_secret,
     superlink_command,
     supernode_args,
     write_connection,
@@ -96,12 +101,21 @@ def add_deploy(sub: Any) -> None:
 
     s = deploy.add_parser("superlink", help="start the SuperLink (runs until Ctrl-C)")
     _dir_option(s)
-    s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
     s.add_argument(
-        "--port",
+        "--host",
+        default="0.0.0.0",
+        help="address devices connect to (default: all interfaces); only the Fleet API "
+        "is served there",
+    )
+    s.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="the devices' port (Fleet API only)"
+    )
+    s.add_argument(
+        "--control-port",
         type=int,
-        default=DEFAULT_PORT,
-        help="the one HTTP port (fleet, control and runtime APIs)",
+        default=None,
+        help="port of the Control and Runtime APIs (`deploy register`, `deploy run`), on "
+        "127.0.0.1 only (default: --port + 1)",
     )
     s.add_argument(
         "--auth",
@@ -149,6 +163,13 @@ def add_deploy(sub: Any) -> None:
         help="its share of the dataset (default) or all of --data-dir's training split",
     )
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    d.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where this device keeps its state across rounds and restarts, on its own disk "
+        "(default: DIR/devices/ID/state)",
+    )
     d.add_argument("--root-certificates", type=Path, default=None, help="the CA (ca.crt)")
     d.add_argument("--auth-key", type=Path, default=None, help="the device's private key")
     d.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
@@ -167,6 +188,14 @@ def add_deploy(sub: Any) -> None:
         metavar="SECONDS",
         help="cap on the SuperNode's waits between polls of the SuperLink (default: Flower's "
         "3 s); 0.2 cuts up to 3 s per round, at the cost of more requests to the SuperLink",
+    )
+    d.add_argument(
+        "--client-app",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="serve this ClientApp instead of fededge's (e.g. a stock Flower client, to try "
+        "server.foreign_devices; the module is imported from the working folder); "
+        "needs --isolation worker",
     )
     d.set_defaults(handler=cmd_device)
 
@@ -246,7 +275,10 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ superlink
 def cmd_superlink(args: argparse.Namespace) -> int:
-    """``fededge deploy superlink``: record the connection, then become ``flower-superlink``."""
+    """``fededge deploy superlink``: Fleet API on ``--host:--port``, the rest on the loopback."""
+    from server.superlink import serve
+
+    control_port = args.port + 1 if args.control_port is None else args.control_port
     cmd = superlink_command(
         args.dir,
         host=args.host,
@@ -254,25 +286,47 @@ def cmd_superlink(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         auth=args.auth,
         database=args.database,
+        control_port=control_port,
     )
-    local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "127.0.0.1") else args.host
+    superexec_secret(args.dir)
     ca = None if args.insecure else args.dir / "certs" / "ca.crt"
-    config = write_connection(args.dir, f"{local}:{args.port}", ca)
+    config = write_connection(args.dir, f"{LOOPBACK}:{control_port}", ca)
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
-    print(f"SuperLink on {args.host}:{args.port}; connection '{CONNECTION}' in {config}")
+    print(f"SuperLink: devices (Fleet API only) on {args.host}:{args.port}", flush=True)
+    print(
+        f"  operator (Control and Runtime APIs) on {LOOPBACK}:{control_port}, this machine only; "
+        f"connection '{CONNECTION}' in {config}",
+        flush=True,
+    )
     print(f"  {shlex.join(cmd)}", flush=True)
-    # the SuperLink's own app runner polls every 1 s by default; 0.1 s starts a run sooner
+    # the SuperExec polls for ServerApp tasks every 1 s by default; 0.1 s starts a run sooner
     env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", **flower_env(args.dir / "flwr")}
-    os.execve(cmd[0], cmd, env)  # this process becomes the SuperLink (same pid, same signals)
+    os.environ.update(env)
+    return serve(
+        cmd[1:],
+        public_host=args.host,
+        public_port=args.port,
+        superexec_command=superexec_command(
+            args.dir, control_port=control_port, insecure=args.insecure
+        ),
+        env=env,
+    )
 
 
-def _connection(args: argparse.Namespace) -> None:
-    """Apply ``--superlink/--root-certificates/--insecure`` to the recorded connection."""
+def _connection(args: argparse.Namespace) -> str:
+    """The ``flwr`` connection a command uses; returns its name.
+
+    Without options: the one ``deploy superlink`` recorded (the operator
+    address on the loopback). ``--superlink/--root-certificates/--insecure``
+    write a connection of their own (:data:`EXPLICIT_CONNECTION`), so the
+    recorded one is never replaced by a one-off address.
+    """
     path = args.dir / "flwr" / "config.toml"
     recorded: dict[str, Any] = {}
     if path.exists():
         recorded = tomllib.loads(path.read_text()).get("superlink", {}).get(CONNECTION, {})
+    explicit = bool(args.superlink or args.root_certificates or args.insecure)
     address = args.superlink or recorded.get("address")
     if address is None:
         raise ConfigError(
@@ -284,6 +338,8 @@ def _connection(args: argparse.Namespace) -> None:
                 )
             ]
         )
+    if not explicit:
+        return CONNECTION
     ca: Path | None
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
@@ -298,15 +354,16 @@ def _connection(args: argparse.Namespace) -> None:
         raise ConfigError(
             [ConfigIssue("--root-certificates", f"{ca} not found (the CA; or pass --insecure)")]
         )
-    write_connection(args.dir, address, ca)
+    write_connection(args.dir, address, ca, name=EXPLICIT_CONNECTION)
+    return EXPLICIT_CONNECTION
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     """``fededge deploy register``: ``flwr supernode register`` a device key."""
     if not args.public_key.exists():
         raise ConfigError([ConfigIssue(str(args.public_key), "public key file not found")])
-    _connection(args)
-    cmd = [program("flwr"), "supernode", "register", str(args.public_key), CONNECTION]
+    connection = _connection(args)
+    cmd = [program("flwr"), "supernode", "register", str(args.public_key), connection]
     if args.name:
         cmd += ["--name", args.name]
     return subprocess.run(cmd, env=flower_env(args.dir / "flwr"), check=False).returncode
@@ -325,6 +382,9 @@ def cmd_device(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         data=args.data,
         threads=args.threads,
+        state_dir=None
+        if args.simulated
+        else str(args.state_dir or args.dir / "devices" / str(args.device_id) / "state"),
     )
     setup = parse_node_config(values)  # a bad profile or option fails here, not in a round
     ca = args.root_certificates
@@ -354,10 +414,43 @@ def cmd_device(args: argparse.Namespace) -> int:
     if not worker and args.poll is not None:
         # Flower's app runner (SuperExec) polls the SuperNode every 1 s by default
         os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(max(args.poll, 0.01))
+    client_app = _load_client_app(args.client_app, worker) if args.client_app else None
     from clients.device import run_device
 
-    run_device(sn_args, runtime_port=args.port, worker=worker, supernode_poll_s=args.poll)
+    run_device(
+        sn_args,
+        runtime_port=args.port,
+        worker=worker,
+        supernode_poll_s=args.poll,
+        client_app=client_app,
+    )
     return 0
+
+
+def _load_client_app(spec: str, worker: bool) -> Any:
+    """The ClientApp object named by ``MODULE:ATTR`` (imported from the working folder)."""
+    import importlib
+
+    from flwr.clientapp import ClientApp
+
+    module_name, _, attr = spec.partition(":")
+    issues = []
+    if not worker:
+        issues.append(ConfigIssue("--client-app", "needs --isolation worker"))
+    if not module_name or not attr:
+        issues.append(ConfigIssue("--client-app", f"expected MODULE:ATTR, got {spec!r}"))
+    if issues:
+        raise ConfigError(issues)
+    sys.path.insert(0, os.getcwd())
+    try:
+        app = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError([ConfigIssue("--client-app", f"{spec}: {exc}")]) from None
+    if not isinstance(app, ClientApp):
+        raise ConfigError(
+            [ConfigIssue("--client-app", f"{spec} is a {type(app).__name__}, not a ClientApp")]
+        )
+    return app
 
 
 # ------------------------------------------------------------------ runs
@@ -370,14 +463,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError([ConfigIssue("--wait", f"must be >= 0 seconds, got {args.wait}")])
     scenario = load_scenario(args.scenario, args.overrides)
     out_dir: Path = args.out or scenario.output_dir()
-    app = app_dir()
-    _connection(args)
+    app = app_dir(args.dir)
+    connection = _connection(args)
     config_file = args.dir / "flwr" / f"run-{scenario.run.name}.toml"
+    token = secrets.token_hex(8)
     config = run_config(
         str(Path(args.scenario).resolve()),
         portable_scenario_text(scenario),
         out_dir,
         args.wait,
+        run_token=token,
     )
     config_file.write_text(tomli_w.dumps(config))
     print(
@@ -389,12 +484,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         program("flwr"),
         "run",
         str(app),
-        CONNECTION,
+        connection,
         "--run-config",
         str(config_file.resolve()),
         "--stream",
     ]
-    return subprocess.run(cmd, env=flower_env(args.dir / "flwr"), check=False).returncode
+    code = subprocess.run(cmd, env=flower_env(args.dir / "flwr"), check=False).returncode
+    if code != 0:
+        return code
+    return _run_outcome(out_dir, token)
+
+
+def _run_outcome(out_dir: Path, token: str) -> int:
+    """0 when the ServerApp wrote this run's status as completed, else 1 (with the reason).
+
+    ``flwr run --stream`` exits 0 even when the ServerApp raised; the
+    ServerApp's ``status.json`` (with the token this command gave it) says how it ended.
+    """
+    import json
+
+    path = out_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        status = {}
+    if status.get("token") != token:
+        print(
+            f"error: the run left no status in {path}: the ServerApp did not finish "
+            "(see its output above)",
+            file=sys.stderr,
+        )
+        return 1
+    if status.get("status") != "completed":
+        print(f"error: the run failed: {status.get('reason', '?')}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ------------------------------------------------------------------ helpers

@@ -25,6 +25,10 @@ config, a flat ``key=value`` mapping given to ``flower-supernode --node-config``
                     split found in ``data-dir``: the device's own data).
 ``threads``         torch threads for training. Default: all cores on a real
                     device, ``simulation.threads_per_client`` on a simulated one.
+``state-dir``       where a real device keeps its state files (resume), on its
+                    own disk. Default: ``fededge-state/device-<id>`` in its
+                    working folder. A server never chooses a real device's
+                    paths; simulated devices use the server's output folder.
 ==================  ========================================================
 
 How a real device maps to a budget: it gets its tier's per-round budget. A
@@ -44,6 +48,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import tomli_w
@@ -61,7 +66,11 @@ NODE_CONFIG_KEYS = (
     "data-dir",
     "data",
     "threads",
+    "state-dir",
 )
+
+#: A real device's state folder when its node config names none (relative: its working folder).
+DEFAULT_STATE_DIR = "fededge-state"
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class DeviceSetup:
     data_dir : where the device's dataset files are, or None for the scenario's.
     data : ``partition`` (its share) or ``local`` (all of ``data_dir``'s train split).
     threads : torch threads for training, or None for the default.
+    state_dir : a real device's own state folder, or None for the default.
     """
 
     device_id: int
@@ -87,6 +97,7 @@ class DeviceSetup:
     data_dir: str | None = None
     data: Literal["partition", "local"] = "partition"
     threads: int | None = None
+    state_dir: str | None = None
 
     @property
     def kind(self) -> str:
@@ -97,6 +108,11 @@ class DeviceSetup:
     def local_data(self) -> bool:
         """True when the device trains on its whole local training split."""
         return self.data == "local"
+
+    def own_state_dir(self) -> Path:
+        """A real device's state folder on its own disk (absolute)."""
+        folder = self.state_dir or os.path.join(DEFAULT_STATE_DIR, f"device-{self.device_id}")
+        return Path(folder).expanduser().resolve()
 
     def scenario_overrides(self) -> list[str]:
         """``--set``-style overrides this device applies to the server's scenario."""
@@ -147,6 +163,9 @@ def parse_node_config(config: Mapping[str, object]) -> DeviceSetup:
     threads = None
     if "threads" in config:
         threads = _int(config["threads"], f"{where} threads", issues, minimum=1)
+    state_dir = None
+    if config.get("state-dir", "") != "":
+        state_dir = os.path.expanduser(str(config["state-dir"]))
     if issues:
         raise ConfigError(issues)
     return DeviceSetup(
@@ -157,6 +176,7 @@ def parse_node_config(config: Mapping[str, object]) -> DeviceSetup:
         data_dir=data_dir,
         data="local" if data == "local" else "partition",
         threads=threads,
+        state_dir=state_dir,
     )
 
 

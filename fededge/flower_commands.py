@@ -16,6 +16,7 @@ move into it).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import tomllib
@@ -37,6 +38,12 @@ OFFLINE_ENV = {
 #: Name of the SuperLink connection written to ``<dir>/flwr/config.toml``.
 CONNECTION = "fededge"
 
+#: The connection a command given ``--superlink`` etc. uses (the recorded one stays).
+EXPLICIT_CONNECTION = "fededge-explicit"
+
+#: Where the Control and Runtime APIs listen: the server's loopback only.
+LOOPBACK = "127.0.0.1"
+
 
 def superlink_command(
     deploy_dir: Path,
@@ -46,8 +53,16 @@ def superlink_command(
     insecure: bool,
     auth: bool,
     database: Path | None = None,
+    control_port: int | None = None,
 ) -> list[str]:
     """The ``flower-superlink`` command line for a deployment folder.
+
+    Its ``--host/--port`` is the *operator* address, ``127.0.0.1:control_port``
+    (default ``port + 1``): Control and Runtime APIs never listen on the
+    network. Devices reach the Fleet API on ``host:port`` through
+    :func:`server.superlink.serve`, which runs this configuration. Isolation is
+    ``process``: the SuperExec is started separately, with the shared secret of
+    :func:`superexec_secret` (``--superexec-auth-secret-file``).
 
     ``database``: an SQLite file for the SuperLink's state (registered
     devices survive a restart), else state in memory -- much faster: a file
@@ -56,12 +71,18 @@ def superlink_command(
     Raises
     ------
     ConfigError
-        TLS files missing (and not ``insecure``), or ``auth`` with ``insecure``.
+        TLS files missing (and not ``insecure``), ``auth`` with ``insecure``,
+        a control port equal to the device port.
     """
     certs = deploy_dir / "certs"
+    control = port + 1 if control_port is None else control_port
     issues = []
     if insecure and auth:
         issues.append(ConfigIssue("--auth", "device authentication needs TLS; drop --insecure"))
+    if control == port:
+        issues.append(
+            ConfigIssue("--control-port", f"must differ from --port ({port}): got {control}")
+        )
     if not insecure:
         missing = [p for p in ("ca.crt", "server.pem", "server.key") if not (certs / p).exists()]
         if missing:
@@ -77,9 +98,13 @@ def superlink_command(
     cmd = [
         program("flower-superlink"),
         "--host",
-        host,
+        LOOPBACK,
         "--port",
-        str(port),
+        str(control),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(superexec_secret_path(deploy_dir).resolve()),
         "--disable-runtime-dependency-installation",
     ]
     if database is not None:
@@ -100,20 +125,57 @@ def superlink_command(
     return cmd
 
 
-def write_connection(deploy_dir: Path, address: str, root_certificates: Path | None) -> Path:
-    """Write the SuperLink connection ``fededge`` to ``<dir>/flwr/config.toml`` (kept others)."""
+def superexec_command(deploy_dir: Path, *, control_port: int, insecure: bool) -> list[str]:
+    """``flower-superexec`` for the SuperLink's ServerApps, with the shared secret.
+
+    It connects to the Runtime API on the loopback; :func:`server.superlink.serve`
+    adds ``--parent-pid``.
+    """
+    cmd = [program("flower-superexec"), "--runtime-api-address", f"{LOOPBACK}:{control_port}"]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str((deploy_dir / "certs" / "ca.crt").resolve())]
+    cmd += ["--superexec-auth-secret-file", str(superexec_secret_path(deploy_dir).resolve())]
+    return cmd
+
+
+def superexec_secret_path(deploy_dir: Path) -> Path:
+    """Where the SuperExec shared secret of a deployment folder is kept."""
+    return deploy_dir / "flwr" / "superexec.secret"
+
+
+def superexec_secret(deploy_dir: Path) -> Path:
+    """The SuperExec shared secret file (32 random bytes, mode 0600), made if missing."""
+    path = superexec_secret_path(deploy_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size == 0:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    path.chmod(0o600)
+    return path
+
+
+def write_connection(
+    deploy_dir: Path, address: str, root_certificates: Path | None, *, name: str = CONNECTION
+) -> Path:
+    """Write the SuperLink connection ``name`` to ``<dir>/flwr/config.toml`` (kept others).
+
+    ``name`` :data:`CONNECTION` also becomes the default connection.
+    """
     home = deploy_dir / "flwr"
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
     config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
     superlink = config.setdefault("superlink", {})
-    superlink["default"] = CONNECTION
+    superlink.setdefault("default", CONNECTION)
     entry: dict[str, Any] = {"address": address}
     if root_certificates is None:
         entry["insecure"] = True
     else:
         entry["root-certificates"] = str(root_certificates.resolve())
-    superlink[CONNECTION] = entry
+    superlink[name] = entry
     path.write_text(tomli_w.dumps(config))
     return path
 
@@ -127,6 +189,7 @@ def node_config_values(
     data_dir: str | None = None,
     data: str = "partition",
     threads: int | None = None,
+    state_dir: str | None = None,
 ) -> dict[str, int | str]:
     """The node config of a device (see :mod:`fededge.deployment`); paths made absolute.
 
@@ -144,6 +207,8 @@ def node_config_values(
         values["data"] = data
     if threads is not None:
         values["threads"] = threads
+    if state_dir is not None:
+        values["state-dir"] = str(Path(state_dir).expanduser().resolve())
     return values
 
 
@@ -199,31 +264,79 @@ def supernode_args(
     return args
 
 
-def app_dir() -> Path:
-    """The Flower app folder: the project's root with ``[tool.flwr.app]`` in pyproject.toml.
+#: ``[tool.flwr.app]`` of the Flower app (the same as in the source checkout's pyproject.toml).
+FLOWER_APP: dict[str, Any] = {
+    "publisher": "fededge",
+    "fab-include": ["fededge/**/*.py", "clients/*.py", "server/*.py", "scenarios/*.toml"],
+    "components": {"serverapp": "server.app:app", "clientapp": "clients.app:app"},
+    "config": {
+        "scenario": "scenarios/quickstart.toml",
+        "scenario-text": "",
+        "overrides": "",
+        "output-dir": "",
+        "device-wait-s": 600.0,
+        "run-token": "",
+    },
+}
 
-    Raises
-    ------
-    ConfigError
-        When fededge is not run from a source checkout (no pyproject.toml).
+#: The packages a Flower app bundle of fededge holds.
+APP_PACKAGES = ("fededge", "clients", "server")
+
+
+def app_dir(deploy_dir: Path) -> Path:
+    """The Flower app folder ``flwr run`` bundles and sends to the SuperLink.
+
+    In a source checkout, the project's root (its pyproject.toml has
+    ``[tool.flwr.app]``). In an installed fededge (``pip install .``), an app
+    folder assembled in ``<deploy_dir>/flwr/app``: the installed packages'
+    Python files and a pyproject.toml with :data:`FLOWER_APP`, so the ServerApp
+    and the devices run exactly the code of this installation.
     """
     root = Path(__file__).resolve().parents[1]
     pyproject = root / "pyproject.toml"
-    if not pyproject.exists() or "[tool.flwr.app]" not in pyproject.read_text():
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    str(root),
-                    "no pyproject.toml with [tool.flwr.app]: `deploy run` needs a fededge "
-                    "source checkout (pip install -e .)",
-                )
-            ]
-        )
-    return root
+    if pyproject.exists() and "[tool.flwr.app]" in pyproject.read_text():
+        return root
+    return assemble_app(deploy_dir / "flwr" / "app")
+
+
+def assemble_app(folder: Path) -> Path:
+    """Write the Flower app of the installed fededge into ``folder`` (replacing it)."""
+    import importlib
+    import importlib.metadata
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    for name in APP_PACKAGES:
+        source = Path(importlib.import_module(name).__file__ or "").resolve().parent
+        for path in sorted(source.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            target = folder / name / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    (folder / "scenarios").mkdir(parents=True, exist_ok=True)
+    try:
+        version = importlib.metadata.version("fededge")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0.0.0"
+    project = {
+        "name": "fededge",
+        "version": version,
+        "description": "fededge's ServerApp and ClientApp (assembled from the installed package)",
+        "license": "Apache-2.0",
+        "dependencies": [],
+    }
+    text = tomli_w.dumps({"project": project, "tool": {"flwr": {"app": FLOWER_APP}}})
+    (folder / "pyproject.toml").write_text(text)
+    return folder
 
 
 def run_config(
-    scenario_path: str, scenario_text: str, out_dir: Path, device_wait_s: float
+    scenario_path: str,
+    scenario_text: str,
+    out_dir: Path,
+    device_wait_s: float,
+    run_token: str = "",
 ) -> dict[str, object]:
     """The run config ``flwr run`` hands the ServerApp (see ``server.deployment.RunSettings``)."""
     return {
@@ -232,6 +345,7 @@ def run_config(
         "overrides": "",  # already applied to the text
         "output-dir": str(out_dir.resolve()),
         "device-wait-s": float(device_wait_s),
+        "run-token": run_token,  # the ServerApp writes it into <out>/status.json
     }
 
 

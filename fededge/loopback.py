@@ -65,7 +65,8 @@ class LoopbackDeployment:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.insecure = insecure
         self.auth = auth
-        self.port = free_port()
+        self.port = free_port()  # the devices' port (Fleet API)
+        self.control_port = free_port()  # the operator's (Control and Runtime APIs)
         self.children: list[Child] = []
         self.env = {**os.environ, **OFFLINE_ENV}
 
@@ -87,25 +88,39 @@ class LoopbackDeployment:
         if not self.insecure and not (self.folder / "certs" / "ca.crt").exists():
             self.make_certificates()
         args = ["deploy", "superlink", "--dir", str(self.folder), "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), *self.security()]
+        args += ["--port", str(self.port), "--control-port", str(self.control_port)]
+        args += self.security()
         if self.auth:
             args.append("--auth")
         child = self.start("superlink", self.fededge(*args))
         wait_for_port(self.port, timeout_s, child)
+        wait_for_port(self.control_port, timeout_s, child)
         return child
 
-    def register(self, public_key: Path) -> subprocess.CompletedProcess[str]:
-        """``fededge deploy register`` a device's public key."""
-        return self.check(["deploy", "register", str(public_key), "--dir", str(self.folder)])
+    def register(
+        self, public_key: Path, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``fededge deploy register`` a device's public key (``check``: raise if it fails)."""
+        args = ["deploy", "register", str(public_key), "--dir", str(self.folder), *extra]
+        return self.check(args) if check else self.attempt(args)
 
-    def start_device(self, device_id: int, *extra: str, auth_key: Path | None = None) -> Child:
-        """Start ``fededge deploy device`` (extra arguments: ``--threads 1``, ``--poll 0.2``...)."""
+    def start_device(
+        self,
+        device_id: int,
+        *extra: str,
+        auth_key: Path | None = None,
+        cwd: Path | None = None,
+    ) -> Child:
+        """Start ``fededge deploy device`` (extra arguments: ``--threads 1``, ``--poll 0.2``...).
+
+        ``cwd``: the device's working folder (default: the deployment folder).
+        """
         args = ["deploy", "device", "--dir", str(self.folder), "--device-id", str(device_id)]
         args += ["--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port())]
         args += [*self.security(), *extra]
         if auth_key is not None:
             args += ["--auth-key", str(auth_key)]
-        return self.start(f"device-{device_id}", self.fededge(*args))
+        return self.start(f"device-{device_id}", self.fededge(*args), cwd=cwd)
 
     def run(
         self,
@@ -130,9 +145,9 @@ class LoopbackDeployment:
             check=False,
         )
 
-    def check(self, args: list[str]) -> subprocess.CompletedProcess[str]:
-        """Run ``fededge ARGS`` to completion; raise with its output if it fails."""
-        done = subprocess.run(
+    def attempt(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run ``fededge ARGS`` to completion, output captured (whatever its exit code)."""
+        return subprocess.run(
             self.fededge(*args),
             env=self.env,
             capture_output=True,
@@ -140,6 +155,10 @@ class LoopbackDeployment:
             check=False,
             timeout=120,
         )
+
+    def check(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run ``fededge ARGS`` to completion; raise with its output if it fails."""
+        done = self.attempt(args)
         if done.returncode != 0:
             raise RuntimeError(
                 f"fededge {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
@@ -147,7 +166,7 @@ class LoopbackDeployment:
         return done
 
     # ------------------------------------------------------------------ processes
-    def start(self, name: str, command: list[str]) -> Child:
+    def start(self, name: str, command: list[str], cwd: Path | None = None) -> Child:
         """Start ``command`` with its output in ``<folder>/<name>.log`` (``<name>-2.log``...)."""
         taken = {child.name for child in self.children}
         base, n = name, 1
@@ -157,7 +176,7 @@ class LoopbackDeployment:
         log = self.folder / f"{name}.log"
         with log.open("wb") as fh:
             process = subprocess.Popen(
-                command, stdout=fh, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder
+                command, stdout=fh, stderr=subprocess.STDOUT, env=self.env, cwd=cwd or self.folder
             )
         child = Child(name, process, log, command)
         self.children.append(child)

@@ -71,8 +71,15 @@ def device_row(
     status: str,
     metrics: Mapping[str, float] | None = None,
     reason: str = "",
+    *,
+    accounted: bool = True,
 ) -> dict[str, Any]:
-    """One row of the device table from a reply's metrics (None for failures)."""
+    """One row of the device table from a reply's metrics (None for failures).
+
+    ``accounted=False``: a foreign device (no ledger): its ledger, MACs, time
+    and energy are NaN -- unaccounted, never summed as spent or saved -- and
+    ``num_examples`` is what it claimed (capped) and was weighted by.
+    """
     row: dict[str, Any] = {
         "round": server_round,
         "device": device,
@@ -97,6 +104,14 @@ def device_row(
     row["round_time_s"] = (
         row["download_s"] + row["compute_s"] + row["upload_s"] if status == "ok" else 0.0
     )
+    row["num_examples"] = float(m.get("num-examples", 0.0))
+    if not accounted:
+        unaccounted = [*LEDGER_COLUMNS, "spent_macs", "computation_saved", "spent_macs_32eq"]
+        unaccounted += ["computation_saved_32eq", "compute_s", "energy_j", "upload_s"]
+        unaccounted += ["download_s", "round_time_s", "threshold"]
+        for name in unaccounted:
+            row[name] = math.nan
+        row["kind"] = "foreign"
     return row
 
 
@@ -155,6 +170,7 @@ class FleetReport:
         for status in STATUSES:
             row[status] = int((frame["status"] == status).sum()) if len(frame) else 0
         row["skipped"] = int(skipped)
+        row["foreign"] = int((ok["kind"] == "foreign").sum()) if len(ok) else 0
         for name in (
             "arrived",
             "streamed",
@@ -301,6 +317,23 @@ class FleetReport:
         """Forget rounds after ``last_round`` (a resumed run recomputes them)."""
         self.rounds = [r for r in self.rounds if r["round"] <= last_round]
         self.devices = [d for d in self.devices if d["round"] <= last_round]
+
+    def failure(self) -> str | None:
+        """Why this run produced nothing (no device trained an instance), or None."""
+        rounds = self.rounds_frame()
+        if rounds.empty:
+            return None
+        trained = float(rounds["trained"].sum()) + float(rounds.get("foreign", 0).sum())
+        if trained > 0:
+            return None
+        reasons = {str(d["reason"]) for d in self.devices if d.get("reason")}
+        why = f"; reasons: {'; '.join(sorted(reasons)[:3])}" if reasons else ""
+        return (
+            f"no device trained a single instance in {len(rounds)} rounds "
+            f"(ok {int(rounds['ok'].sum())}, failed {int(rounds['failed'].sum())}, "
+            f"rejected {int(rounds['rejected'].sum())} replies){why}; "
+            f"see devices.csv in {self.out_dir}"
+        )
 
     def summary_text(self) -> str:
         """A console table of the per-tier totals and the fleet line."""

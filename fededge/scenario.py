@@ -23,7 +23,8 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
     [[fleet.tiers]] name, profile, count, budget_macs | budget_seconds | budget_joules,
                    dropout, arrivals_per_round, savers (per-tier overrides)
     [fleet.profiles.NAME]  custom device profiles
-    [server]       fraction, min_replies, eval_every, eval_instances, timeout_s
+    [server]       fraction, min_replies, eval_every, eval_instances, timeout_s,
+                   foreign_devices
     [simulation]   client_cpus, client_gpus, max_concurrent, ray_address, threads_per_client
     [sweep]        budgets, savers
 """
@@ -280,6 +281,10 @@ class ServerSection(Section):
     eval_every: PosInt = 1
     eval_instances: PosInt | None = None
     timeout_s: PosFloat = 3600.0
+    #: Replies of devices on other stacks (weights and ``num-examples``, no ledger):
+    #: ``reject`` them, or ``accept`` them -- aggregated, reported as ``kind = foreign``
+    #: with their compute unaccounted (docs/device-contract.md).
+    foreign_devices: Literal["reject", "accept"] = "reject"
 
 
 class SimulationSection(Section):

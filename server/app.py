@@ -165,5 +165,23 @@ def main(grid: Grid, context: Context) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(scenario.text)
     print(f"{scenario.run.name}: {scenario.num_devices} devices -> {out_dir}", flush=True)
-    report = run_server(grid, scenario, out_dir, device_wait_s=settings.device_wait_s)
-    print(report.summary_text())
+    failure: str | None = "the ServerApp stopped before the run finished"
+    try:
+        report = run_server(grid, scenario, out_dir, device_wait_s=settings.device_wait_s)
+        print(report.summary_text())
+        failure = report.failure()
+    finally:
+        write_status(out_dir, settings.run_token, failure)
+    if failure is not None:  # `flwr run` marks the run failed; `deploy run` reads status.json
+        raise RuntimeError(failure)
+
+
+#: The outcome of a deployment run, read by ``fededge deploy run`` (which exits 1 on failure).
+STATUS_FILE = "status.json"
+
+
+def write_status(out_dir: Path, token: str, failure: str | None) -> None:
+    """``<out_dir>/status.json``: completed or failed (with the reason), and the run's token."""
+    status = {"status": "failed" if failure else "completed", "reason": failure or ""}
+    status["token"] = token
+    atomic_write_text(out_dir / STATUS_FILE, json.dumps(status) + "\n")

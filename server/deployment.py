@@ -31,6 +31,8 @@ class RunSettings:
     output_dir : where the fleet report goes (None: the scenario's output dir).
     device_wait_s : how long to wait for the fleet's devices to connect
         before the first round; the run starts with those connected by then.
+    run_token : echoed in ``<output_dir>/status.json`` with the run's outcome,
+        so ``fededge deploy run`` knows the status it reads is this run's.
     """
 
     scenario: str = "scenarios/quickstart.toml"
@@ -38,6 +40,7 @@ class RunSettings:
     overrides: tuple[str, ...] = ()
     output_dir: Path | None = None
     device_wait_s: float = 600.0
+    run_token: str = ""
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, object]) -> RunSettings:
@@ -59,6 +62,7 @@ class RunSettings:
             overrides=tuple(s.strip() for s in str(config.get("overrides", "")).split(";") if s),
             output_dir=Path(out) if out else None,
             device_wait_s=device_wait_s,
+            run_token=str(config.get("run-token", "")),
         )
 
     def load_scenario(self) -> Scenario:

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,37 @@ class RoundOutcome:
     server_round: int
     row: dict[str, Any]
     arrays: ArrayRecord
+
+
+@dataclass
+class Checked:
+    """A reply after its checks: ``problem`` (rejected) or what aggregation needs."""
+
+    problem: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    weight: float = 0.0  # in the average
+    device: int | None = None  # the device id it claims
+    names: tuple[str, str, str] | None = None  # (tier, profile, kind) it reports
+    foreign: bool = False  # a device on another stack (no ledger)
+
+
+def _device_id(value: object) -> int | None:
+    """A reply's ``device-id`` as an int, or None when it is not a whole finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value != int(value):
+        return None
+    return int(value)
+
+
+def _device_names(record: ConfigRecord) -> tuple[str, str, str] | None:
+    """``(tier, profile, kind)`` of a reply's ``device`` record, None if incomplete."""
+    values = [record.get(key) for key in ("tier", "profile", "kind")]
+    if not all(isinstance(v, str) for v in values[:2]):
+        return None
+    kind = values[2] if values[2] in ("real", "simulated") else "simulated"
+    return str(values[0])[:64], str(values[1])[:64], str(kind)
 
 
 class FleetStrategy(FedAvg):
@@ -131,6 +162,14 @@ class FleetStrategy(FedAvg):
             picked = rng.choice(len(nodes), size=k, replace=False)
             nodes = sorted(nodes[int(i)] for i in picked)
         config["server-round"] = server_round
+        # what a stock Flower client reads (docs/device-contract.md); fededge devices
+        # take their settings from the scenario
+        train = self.scenario.train
+        config["lr"] = train.lr_at_round(server_round, self.scenario.run.rounds)
+        config["local-epochs"] = 1
+        config["batch-size"] = train.batch_size
+        config["momentum"] = train.momentum
+        config["weight-decay"] = train.weight_decay
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
@@ -138,7 +177,11 @@ class FleetStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, None]:
-        """Check every reply, record it in the report rows, average the good ones."""
+        """Check every reply, record it in the report rows, average the good ones.
+
+        Nothing a reply holds can raise out of here: a reply that cannot be
+        read is rejected with the reason.
+        """
         good: list[tuple[int, dict[str, np.ndarray], float]] = []
         rows: list[dict[str, Any]] = []
         for msg in replies:
@@ -154,28 +197,27 @@ class FleetStrategy(FedAvg):
                     )
                 )
                 continue
-            problem, metrics, weights = self._check_reply(msg)
-            device = int(metrics.get("device-id", self.node_to_device.get(node, -1)))
-            if device >= 0:
-                self.node_to_device[node] = device
-            if "device" in msg.content.config_records:  # tier and profile as the device has them
-                info = msg.content.config_records["device"]
-                self.device_names[device] = (
-                    str(info["tier"]),
-                    str(info["profile"]),
-                    str(info.get("kind", "simulated")),
-                )
-            if problem:
-                rows.append(self._row(server_round, device, "rejected", None, problem))
+            try:
+                checked = self._check_reply(msg)
+            except Exception as exc:  # a malformed reply, never the server's end
+                checked = Checked(f"unreadable reply: {type(exc).__name__}: {exc}"[:200])
+            device = self._device_of(node, checked)
+            if checked.problem:
+                rows.append(self._row(server_round, device, "rejected", None, checked.problem))
                 log.warning(
-                    "round %d: rejected reply of device %d: %s", server_round, device, problem
+                    "round %d: rejected reply of device %d: %s",
+                    server_round,
+                    device,
+                    checked.problem,
                 )
                 continue
-            if metrics["dropped"]:
-                rows.append(self._row(server_round, device, "dropped", metrics))
+            if checked.metrics.get("dropped"):
+                rows.append(self._row(server_round, device, "dropped", checked.metrics))
                 continue
-            rows.append(self._row(server_round, device, "ok", metrics))
-            good.append((device, weights, float(metrics["num-examples"])))
+            rows.append(
+                self._row(server_round, device, "ok", checked.metrics, foreign=checked.foreign)
+            )
+            good.append((device, checked.weights, checked.weight))
         self._rows = rows
         self._skipped = len(good) < self.scenario.server.min_replies
         if self._skipped:
@@ -187,6 +229,25 @@ class FleetStrategy(FedAvg):
             )
             return None, None
         return self._average(good), None
+
+    def _device_of(self, node: int, checked: Checked) -> int:
+        """The device a reply is from: its own id, the one it gave before, or a foreign id."""
+        if checked.foreign:
+            if node not in self.node_to_device:
+                taken = set(self.node_to_device.values())
+                foreign_id = self.scenario.num_devices
+                while foreign_id in taken:
+                    foreign_id += 1
+                self.node_to_device[node] = foreign_id
+                self.device_names[foreign_id] = ("foreign", "?", "foreign")
+            return self.node_to_device[node]
+        device = checked.device
+        if device is None or not 0 <= device < self.scenario.num_devices:
+            return self.node_to_device.get(node, -1)
+        self.node_to_device[node] = device
+        if checked.names is not None:
+            self.device_names[device] = checked.names
+        return device
 
     def _average(self, good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
         good.sort(key=lambda item: item[0])
@@ -203,45 +264,83 @@ class FleetStrategy(FedAvg):
                     out[name] = value
         return _record(out)
 
-    def _check_reply(self, msg: Message) -> tuple[str, dict[str, float], dict[str, np.ndarray]]:
-        """``(problem or "", metrics, weights)``; the weights are decoded once, here."""
+    def _check_reply(self, msg: Message) -> Checked:
+        """The checked reply: a problem (rejected), or its metrics and decoded weights."""
         content = msg.content
         if "metrics" not in content.metric_records:
-            return "no metrics in reply", {}, {}
+            return Checked("no metrics in reply")
         metrics = {
             k: v for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)
         }
+        checked = Checked("", metrics=metrics, device=_device_id(metrics.get("device-id")))
+        if checked.device is not None and "device" in content.config_records:
+            checked.names = _device_names(content.config_records["device"])
         missing = [k for k in REQUIRED_METRICS if k not in metrics]
         if missing:
-            return f"ledger keys missing: {', '.join(missing[:5])}", metrics, {}
+            if self.scenario.server.foreign_devices == "accept" and "num-examples" in metrics:
+                return self._check_foreign(content, metrics)
+            hint = (
+                ""
+                if self.scenario.server.foreign_devices == "accept"
+                else ' (a device on another stack? server.foreign_devices = "accept" takes '
+                "weights and num-examples; see docs/device-contract.md)"
+            )
+            checked.problem = f"ledger keys missing: {', '.join(missing[:5])}{hint}"
+            return checked
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
-            return f"non-finite metrics: {', '.join(bad[:5])}", metrics, {}
+            checked.problem = f"non-finite metrics: {', '.join(bad[:5])}"
+            return checked
+        if metrics["num-examples"] < 0:
+            checked.problem = "negative num-examples"
+            return checked
         if metrics["dropped"]:
-            return "", metrics, {}
+            return checked
+        checked.problem, checked.weights = self._check_weights(content)
+        checked.weight = float(metrics["num-examples"])
+        return checked
+
+    def _check_foreign(self, content: RecordDict, metrics: dict[str, float]) -> Checked:
+        """A reply of a device on another stack: weights and ``num-examples`` only.
+
+        Its weight in the average is its ``num-examples``, at most the most
+        instances a fleet device receives in a round (a foreign device cannot
+        outweigh the fleet by claiming more).
+        """
+        checked = Checked("", metrics={}, foreign=True)
+        examples = metrics["num-examples"]
+        if not (math.isfinite(examples) and examples >= 0):
+            checked.problem = f"num-examples must be a number >= 0, got {examples!r}"
+            return checked
+        checked.problem, checked.weights = self._check_weights(content)
+        cap = max(tier.arrivals_per_round for tier in self.scenario.tiers)
+        checked.weight = float(min(examples, cap))
+        checked.metrics = {"num-examples": checked.weight}
+        return checked
+
+    def _check_weights(self, content: RecordDict) -> tuple[str, dict[str, np.ndarray]]:
+        """``(problem or "", weights)``: exactly the names, shapes and dtype sent, finite."""
         if "arrays" not in content.array_records:
-            return "no weights in reply", metrics, {}
+            return "no weights in reply", {}
         record = content.array_records["arrays"]
         names = set(record.keys())
         if names != set(self.expected):
             extra, lost = names - set(self.expected), set(self.expected) - names
             return (
                 f"weight names differ (unexpected {sorted(extra)[:3]}, missing {sorted(lost)[:3]})",
-                metrics,
                 {},
             )
         weights: dict[str, np.ndarray] = {}
         for name, shape in self.expected.items():
             array = record[name]
             if tuple(array.shape) != shape:
-                problem = f"weight {name} has shape {tuple(array.shape)}, expected {shape}"
-                return problem, metrics, {}
+                return f"weight {name} has shape {tuple(array.shape)}, expected {shape}", {}
             weights[name] = array_numpy(array)
+            if weights[name].dtype != np.float32:
+                return f"weight {name} has dtype {weights[name].dtype}, expected float32", {}
             if not np.isfinite(weights[name]).all():
-                return f"weight {name} has NaN/Inf values", metrics, {}
-        if metrics["num-examples"] < 0:
-            return "negative num-examples", metrics, {}
-        return "", metrics, weights
+                return f"weight {name} has NaN/Inf values", {}
+        return "", weights
 
     def _row(
         self,
@@ -250,6 +349,8 @@ class FleetStrategy(FedAvg):
         status: str,
         metrics: dict[str, float] | None,
         reason: str = "",
+        *,
+        foreign: bool = False,
     ) -> dict[str, Any]:
         kind = None
         if device in self.device_names:
@@ -259,8 +360,10 @@ class FleetStrategy(FedAvg):
             tier_name, profile = tier.name, tier.profile.name
         else:
             tier_name, profile = "?", "?"
-        row = device_row(server_round, device, tier_name, profile, status, metrics, reason)
-        if kind is not None and metrics is None:  # a failure: the kind it reported before
+        row = device_row(
+            server_round, device, tier_name, profile, status, metrics, reason, accounted=not foreign
+        )
+        if kind is not None and (metrics is None or foreign):  # the kind it reported before
             row["kind"] = kind
         return row
 
@@ -323,10 +426,15 @@ class FleetStrategy(FedAvg):
         for msg in replies:
             if msg.has_error() or "metrics" not in msg.content.metric_records:
                 continue
-            device = msg.content.metric_records["metrics"].get("device-id")
-            if isinstance(device, int | float):
-                self.node_to_device[msg.metadata.src_node_id] = int(device)
-                known += 1
+            device = _device_id(msg.content.metric_records["metrics"].get("device-id"))
+            if device is None or not 0 <= device < self.scenario.num_devices:
+                continue
+            self.node_to_device[msg.metadata.src_node_id] = device
+            if "device" in msg.content.config_records:  # real devices report it here first
+                names = _device_names(msg.content.config_records["device"])
+                if names is not None:
+                    self.device_names[device] = names
+            known += 1
         log.info("discovered %d of %d devices", known, len(nodes))
         return known
 

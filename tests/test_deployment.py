@@ -325,9 +325,11 @@ def test_insecure_mode_prints_a_warning_and_records_the_connection(
     assert main([*args, "--insecure"]) == 0
     assert "WARNING: --insecure" in capsys.readouterr().err
     config = tomllib.loads((tmp_path / "flwr" / "config.toml").read_text())
-    assert config["superlink"]["fededge"] == {"address": "127.0.0.1:9", "insecure": True}
+    # an explicit address gets a connection of its own; the recorded one is left alone
+    assert config["superlink"]["fededge-explicit"] == {"address": "127.0.0.1:9", "insecure": True}
+    assert "fededge" not in config["superlink"]
     cmd, env = calls[0]
-    assert cmd[1:] == ["supernode", "register", str(key), "fededge"]
+    assert cmd[1:] == ["supernode", "register", str(key), "fededge-explicit"]
     assert env["FLWR_HOME"] == str((tmp_path / "flwr").resolve())
     assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     # without --insecure the CA is required
@@ -374,30 +376,183 @@ def test_two_real_devices_on_loopback_run_the_scenario(tmp_path: Path, calibrate
 
 @pytest.mark.slow
 @pytest.mark.process
-@pytest.mark.timeout(240)
-def test_unregistered_device_is_refused_and_the_run_completes_without_it(tmp_path: Path) -> None:
-    # Prepare: TLS + device authentication; keys for three devices, two registered
+@pytest.mark.timeout(300)
+def test_network_reaches_only_the_fleet_api_and_devices_keep_their_own_state(
+    tmp_path: Path,
+) -> None:
+    # Prepare: TLS + device authentication; keys for three devices
     scenario = tmp_path / "loopback.toml"
     scenario.write_text(TINY)
     out = tmp_path / "report"
     keys = tmp_path / "deploy" / "keys"
+    homes = [tmp_path / f"device-home-{i}" for i in (0, 1)]
+    for home in homes:
+        home.mkdir()
     with LoopbackDeployment(tmp_path / "deploy", auth=True) as deployment:
         deployment.make_certificates(devices=3)
         deployment.start_superlink()
+        devices_address = ["--superlink", f"127.0.0.1:{deployment.port}"]
+        # Execute: an outsider with the CA (all a device has) tries the devices' address
+        outsider_key = keys / "device-2.pub"
+        outsider_register = deployment.register(outsider_key, *devices_address, check=False)
+        outsider_run = deployment.run(scenario, *devices_address, out_dir=out, timeout_s=120)
+        # the operator, on the server machine, registers two devices through the loopback
         for device in (0, 1):
             deployment.register(keys / f"device-{device}.pub")
-        for device in (0, 1):
+        for device, home in zip((0, 1), homes, strict=True):
             deployment.start_device(
-                device, "--threads", "1", "--poll", "0.2", auth_key=keys / f"device-{device}"
-            )
+                device, "--threads", "1", "--poll", "0.2", "--state-dir", "state",
+                auth_key=keys / f"device-{device}", cwd=home,
+            )  # fmt: skip
         intruder = deployment.start_device(1, "--threads", "1", auth_key=keys / "device-2")
-        # Execute
         done = deployment.run(scenario, out_dir=out, wait_s=90, timeout_s=180)
         assert done.returncode == 0, done.stdout + done.stderr
         intruder.process.wait(60)
-        # Assert: the intruder was turned away at the door; the run went on without it
+        # Assert: the outsider's registration and run were refused at the devices' address
+        assert outsider_register.returncode != 0
+        assert "403" in outsider_register.stdout + outsider_register.stderr
+        assert outsider_run.returncode != 0
+        assert "403" in outsider_run.stdout + outsider_run.stderr
+        # the key the outsider tried to register lets no device in
         assert intruder.process.returncode != 0, intruder.output()
         assert "Failed to activate SuperNode" in intruder.output(), intruder.output()
+        superlink_log = deployment.children[0].output()
+    assert '/v1/control/register-node HTTP/1.1" 403' in superlink_log
     rounds, table = _report(out)
     assert list(rounds["ok"]) == [2, 2], table.to_string()
     assert sorted(table["device"].unique()) == [0, 1] and set(table["kind"]) == {"real"}
+    # every device's state is in its own folder; nothing of theirs in the server's
+    assert not (out / "device_state").exists()
+    for device, home in zip((0, 1), homes, strict=True):
+        files = sorted(p.name for p in (home / "state").rglob("*.pt"))
+        assert files == ["r1.pt", "r2.pt"], (device, files)
+
+
+@pytest.mark.slow
+@pytest.mark.process
+@pytest.mark.timeout(300)
+def test_stock_flower_client_joins_as_foreign_only_when_the_scenario_accepts_it(
+    tmp_path: Path,
+) -> None:
+    # Prepare: one fededge device and one stock Flower ClientApp (public Message API only)
+    scenario = tmp_path / "loopback.toml"
+    scenario.write_text(TINY)
+    repo = Path(__file__).resolve().parents[1]
+    with LoopbackDeployment(tmp_path / "deploy", insecure=True) as deployment:
+        deployment.start_superlink()
+        fededge_device = deployment.start_device(0, "--threads", "1", "--poll", "0.2")
+        deployment.start_device(
+            1, "--poll", "0.2", "--client-app", "tests.apps.stock_flower_client:app", cwd=repo
+        )
+        # Execute: accepted, then (fededge's device gone) rejected
+        accept = ["--set", 'server.foreign_devices="accept"']
+        accepted = deployment.run(scenario, *accept, out_dir=tmp_path / "accept", wait_s=90)
+        deployment.stop(fededge_device)
+        rejected = deployment.run(
+            scenario, "--set", "server.timeout_s=20", out_dir=tmp_path / "reject", wait_s=5
+        )
+    # Assert: aggregated as foreign, with its compute unaccounted
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    rounds, table = _report(tmp_path / "accept")
+    assert list(rounds["ok"]) == [2, 2] and list(rounds["foreign"]) == [1, 1]
+    foreign = table[table["kind"] == "foreign"]
+    assert len(foreign) == 2 and set(foreign["status"]) == {"ok"}
+    assert foreign[["spent_macs", "baseline_macs", "trained"]].isna().all().all()
+    assert (foreign["num_examples"] == 64).all()  # its 1000 capped at a round's arrivals
+    ours = table[table["kind"] == "real"]
+    assert (ours["spent_macs"] > 0).all()
+    assert rounds["cum_spent_macs"].iloc[-1] == pytest.approx(ours["spent_macs"].sum())
+    # without the mode: rejected, the reason names the missing keys; nothing trained: exit != 0
+    assert rejected.returncode != 0, rejected.stdout + rejected.stderr
+    assert "no device trained" in rejected.stdout + rejected.stderr
+    _, table = _report(tmp_path / "reject")
+    reasons = set(table.loc[table["status"] == "rejected", "reason"])
+    assert reasons and all("ledger keys missing: arrived" in r for r in reasons), reasons
+
+
+# ------------------------------------------------------------------ security and state
+def test_devices_address_serves_only_the_fleet_api_routes() -> None:
+    import httpx
+    from flwr.superlink.main import create_app
+
+    from server.superlink import FleetOnly, fleet_paths
+
+    app = create_app()
+    paths = fleet_paths(app)
+    assert "/v1/fleet/pull-messages" in paths and "/v1/fleet/register-node" in paths
+    assert not any(p.startswith(("/v1/control", "/v1/runtime")) for p in paths)
+    gate = FleetOnly(app, paths)
+
+    async def post(path: str) -> int:
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sl") as client:
+            return (await client.post(path, content=b"")).status_code
+
+    import asyncio
+
+    for path in (
+        "/v1/control/register-node",
+        "/v1/control/start-run",
+        "/v1/runtime/acquire-task",
+        "/v1/fleet/../control/start-run",
+        "/docs",
+        "/openapi.json",
+    ):
+        assert asyncio.run(post(path)) == 403, path
+    # a Fleet API path reaches Flower (which then answers the empty request itself)
+    assert asyncio.run(post("/v1/fleet/get-run")) != 403
+    assert gate.refused == 6
+
+
+def test_superlink_keeps_control_and_runtime_apis_on_the_loopback(tmp_path: Path) -> None:
+    from fededge.flower_commands import superexec_command, superexec_secret
+
+    cmd = superlink_cmd(tmp_path, host="0.0.0.0", port=8000, insecure=True, auth=False)
+    at = cmd.index("--host")
+    assert cmd[at : at + 4] == ["--host", "127.0.0.1", "--port", "8001"]
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    secret = superexec_secret(tmp_path)
+    assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(secret.resolve())
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes()) == 32
+    assert superexec_secret(tmp_path).read_bytes() == secret.read_bytes()  # kept
+    sx = superexec_command(tmp_path, control_port=8001, insecure=True)
+    assert sx[sx.index("--runtime-api-address") + 1] == "127.0.0.1:8001"
+    assert "--superexec-auth-secret-file" in sx
+    with pytest.raises(ConfigError, match="--control-port: must differ from --port"):
+        superlink_cmd(tmp_path, host="h", port=9, insecure=True, auth=False, control_port=9)
+
+
+def test_real_device_keeps_its_state_in_its_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clients.app import _state_dir
+
+    scenario = parse_scenario(TINY)
+    config = ConfigRecord({"state-dir": "/server/only/out/device_state", "scenario-digest": "ab"})
+    monkeypatch.chdir(tmp_path)
+    default = parse_node_config({"device-id": 1})
+    assert _state_dir(default, config, scenario) == str(
+        tmp_path / "fededge-state" / "device-1" / "loopback-ab"
+    )
+    own = parse_node_config({"device-id": 1, "state-dir": str(tmp_path / "mine")})
+    assert _state_dir(own, config, scenario) == str(tmp_path / "mine" / "loopback-ab")
+    simulated = parse_node_config({"partition-id": 1})
+    assert _state_dir(simulated, config, scenario) == "/server/only/out/device_state"
+    values = node_config_values(device_id=0, state_dir="rel")
+    assert values["state-dir"] == str(tmp_path / "rel")
+
+
+def test_installed_fededge_assembles_its_flower_app(tmp_path: Path) -> None:
+    from flwr.common.config import validate_config
+
+    from fededge.flower_commands import FLOWER_APP, assemble_app
+
+    repo = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert declared == FLOWER_APP  # one app, whether from a checkout or an installation
+    folder = assemble_app(tmp_path / "app")
+    config = tomllib.loads((folder / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=True, project_dir=folder)
+    assert ok, errors
+    assert (folder / "server" / "app.py").read_text() == (repo / "server" / "app.py").read_text()
+    assert (folder / "fededge" / "data" / "cache.py").exists()

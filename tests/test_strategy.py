@@ -177,3 +177,114 @@ def test_partial_participation_sends_to_real_node_ids(
     assert len(set(chosen)) == len(chosen) == expected
     assert set(chosen) <= set(ids)
     assert chosen == [m.metadata.dst_node_id for m in again]
+
+
+def _stock_reply(node: int, value: float, examples: float) -> Message:
+    """What a stock Flower client sends: weights and num-examples, no ledger."""
+    request = Message(RecordDict(), dst_node_id=node, message_type="train")
+    arrays = {"w": np.full((2, 2), value, np.float32), "b": np.full(2, value, np.float32)}
+    content = RecordDict({"metrics": MetricRecord({"num-examples": examples})})
+    content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return Message(content, reply_to=request)
+
+
+def test_stock_flower_reply_is_rejected_naming_the_missing_keys_unless_foreign_accepted(
+    tmp_path: Path,
+) -> None:
+    strategy = _strategy(tmp_path, min_replies=1)
+    strategy.aggregate_train(1, [_reply(0, 1.0, 4), _stock_reply(900, 5.0, 10)])
+    rejected = [r for r in strategy._rows if r["status"] == "rejected"]
+    assert len(rejected) == 1
+    assert "ledger keys missing: arrived, streamed" in rejected[0]["reason"]
+    assert 'server.foreign_devices = "accept"' in rejected[0]["reason"]
+
+    scenario = parse_scenario(
+        SCENARIO, overrides=["server.min_replies=1", 'server.foreign_devices="accept"']
+    )
+    report = FleetReport(tmp_path / "accept", "t", ["a", "b"], plots=False)
+    strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
+    # a foreign device claiming 1e308 examples counts for one round's arrivals (64)
+    arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 64), _stock_reply(900, 5.0, 1e308)])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 3.0))  # (64*1 + 64*5) / 128
+    foreign = next(r for r in strategy._rows if r["kind"] == "foreign")
+    assert foreign["status"] == "ok" and foreign["device"] == 6  # after the fleet's 0..5
+    assert foreign["tier"] == "foreign" and foreign["num_examples"] == 64
+    assert np.isnan(foreign["spent_macs"]) and np.isnan(foreign["baseline_macs"])
+    row = report.add_round(
+        1, strategy._rows, selected=2, accuracy=None, loss=None, skipped=False, wall_s=0.0
+    )
+    assert row["foreign"] == 1 and row["trained"] == 64  # its compute is not counted
+    assert row["spent_macs"] == 3 * 64 and row["baseline_macs"] == 10 * 64
+
+
+def _with_device_record(msg: Message, record: dict[str, Any]) -> Message:
+    msg.content["device"] = ConfigRecord(record)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (lambda: _reply(0, 1.0, 4, **{"device-id": float("nan")}), "non-finite metrics"),
+        (lambda: _reply(0, 1.0, 4, **{"device-id": float("inf")}), "non-finite metrics"),
+        (
+            lambda: _with_device_record(_reply(0, 1.0, 4), {"profile": "x"}),  # no tier
+            "",
+        ),
+        (
+            lambda: _reply(
+                0, 1.0, 4, arrays={"w": np.ones((2, 2), np.float64), "b": np.ones(2, np.float64)}
+            ),
+            "dtype float64, expected float32",
+        ),
+        (
+            lambda: _reply(0, 1.0, 4, arrays={"w": np.ones((2, 2), bool), "b": np.ones(2, bool)}),
+            "dtype bool",
+        ),
+        (
+            lambda: _reply(
+                0, 1.0, 4, arrays={"w": np.ones((2, 2), np.int64), "b": np.ones(2, np.int64)}
+            ),
+            "dtype int64",
+        ),
+        (
+            lambda: _reply(
+                0,
+                1.0,
+                4,
+                arrays={"w": np.array([["a", "b"], ["c", "d"]]), "b": np.ones(2, np.float32)},
+            ),
+            "dtype <U1",
+        ),
+    ],
+)
+def test_crafted_replies_never_raise_out_of_aggregation(
+    tmp_path: Path, reply: Any, reason: str
+) -> None:
+    strategy = _strategy(tmp_path, min_replies=1)
+    try:
+        crafted = reply()
+    except Exception:  # Flower itself refuses to build it: nothing reaches the server
+        pytest.skip("Flower refuses to build this reply")
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, 2.0, 4), crafted])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0 if reason else 1.5))
+    statuses = {r["device"]: r["status"] for r in strategy._rows}
+    assert statuses[1] == "ok"
+    if reason:
+        bad = next(r for r in strategy._rows if r["status"] == "rejected")
+        assert reason in bad["reason"]
+
+
+def test_round_config_carries_what_a_stock_flower_client_reads(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path)
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2]
+
+    messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), Grid()))  # type: ignore[arg-type]
+    config = messages[0].content["config"]
+    assert config["lr"] == strategy.scenario.train.lr and config["local-epochs"] == 1
+    assert config["batch-size"] == strategy.scenario.train.batch_size
