@@ -556,3 +556,13 @@ def test_installed_fededge_assembles_its_flower_app(tmp_path: Path) -> None:
     assert ok, errors
     assert (folder / "server" / "app.py").read_text() == (repo / "server" / "app.py").read_text()
     assert (folder / "fededge" / "data" / "cache.py").exists()
+
+
+def test_device_contract_lists_every_key_a_reply_must_hold() -> None:
+    from server.strategy import REQUIRED_METRICS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "device-contract.md").read_text()
+    missing = [key for key in REQUIRED_METRICS if f"`{key}`" not in doc]
+    assert not missing, f"docs/device-contract.md does not describe {missing}"
+    for key in ("lr", "local-epochs", "batch-size", "server-round", "foreign_devices"):
+        assert key in doc
