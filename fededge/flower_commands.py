@@ -314,7 +314,6 @@ def assemble_app(folder: Path) -> Path:
             target = folder / name / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    (folder / "scenarios").mkdir(parents=True, exist_ok=True)
     try:
         version = importlib.metadata.version("fededge")
     except importlib.metadata.PackageNotFoundError:
@@ -326,7 +325,10 @@ def assemble_app(folder: Path) -> Path:
         "license": "Apache-2.0",
         "dependencies": [],
     }
-    text = tomli_w.dumps({"project": project, "tool": {"flwr": {"app": FLOWER_APP}}})
+    # no scenario files in an installation: `deploy run` sends the scenario's text
+    include = [p for p in FLOWER_APP["fab-include"] if not p.startswith("scenarios/")]
+    app = {**FLOWER_APP, "fab-include": include}
+    text = tomli_w.dumps({"project": project, "tool": {"flwr": {"app": app}}})
     (folder / "pyproject.toml").write_text(text)
     return folder
 

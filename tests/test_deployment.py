@@ -556,6 +556,9 @@ def test_installed_fededge_assembles_its_flower_app(tmp_path: Path) -> None:
     assert ok, errors
     assert (folder / "server" / "app.py").read_text() == (repo / "server" / "app.py").read_text()
     assert (folder / "fededge" / "data" / "cache.py").exists()
+    from flwr.cli.build import build_fab_from_disk
+
+    assert len(build_fab_from_disk(folder)) > 10_000  # what `flwr run` bundles
 
 
 def test_device_contract_lists_every_key_a_reply_must_hold() -> None:

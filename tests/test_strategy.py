@@ -288,3 +288,19 @@ def test_round_config_carries_what_a_stock_flower_client_reads(tmp_path: Path) -
     config = messages[0].content["config"]
     assert config["lr"] == strategy.scenario.train.lr and config["local-epochs"] == 1
     assert config["batch-size"] == strategy.scenario.train.batch_size
+
+
+def test_a_run_in_which_nothing_trained_is_a_failure(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, min_replies=1)
+    strategy.aggregate_train(1, [_reply(0, 1.0, 0), _error(1)])
+    strategy.report.add_round(
+        1, strategy._rows, selected=2, accuracy=0.1, loss=2.3, skipped=False, wall_s=0.0
+    )
+    failure = strategy.report.failure()
+    assert failure is not None and "no device trained a single instance in 1 rounds" in failure
+    assert "boom" in failure  # the reasons the devices gave
+    strategy.aggregate_train(2, [_reply(0, 1.0, 4)])
+    strategy.report.add_round(
+        2, strategy._rows, selected=1, accuracy=0.2, loss=2.0, skipped=False, wall_s=0.0
+    )
+    assert strategy.report.failure() is None
