@@ -112,6 +112,10 @@ def _state_dir(setup: DeviceSetup, config: ConfigRecord, scenario: Scenario) -> 
     return str(setup.own_state_dir() / f"{scenario.run.name}-{digest}")
 
 
+class Diverged(RuntimeError):
+    """Local training produced a NaN/Inf loss: no weights are sent."""
+
+
 class InjectedFault(RuntimeError):
     """Raised on purpose by a device whose tier has ``fail_probability`` > 0."""
 
@@ -159,6 +163,12 @@ def train(msg: Message, context: Context) -> Message:
     _inject_faults(runtime.scenario, device_id, server_round)
     weights = record_tensors(msg.content.array_records["arrays"])
     result, new_state = runtime.train_round(device_id, weights, server_round, state)
+    if not result.dropped and not math.isfinite(result.ledger.loss_sum):
+        # the update is garbage: say so (the server keeps its model), keep the old state
+        raise Diverged(
+            f"diverged: device {device_id}'s training loss is {result.ledger.loss_sum} in "
+            f"round {server_round} (lr {runtime.scenario.train.lr:g} too high?)"
+        )
     if not result.dropped:
         blob = device_state.save(context.state, new_state, server_round, result.threshold)
         if state_dir:

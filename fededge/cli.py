@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         acc_text = f"{100 * acc:6.2f}%" if acc == acc else "   -   "
         print(
             f"round {outcome.server_round:>3}/{scenario.run.rounds}  acc {acc_text}  "
-            f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['selected']}"
+            f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['sampled']}"
             f"  dropped {row['dropped']}  failed {row['failed'] + row['rejected']}  "
             f"sim {row['cum_sim_s']:8.1f}s  wall {time.perf_counter() - started:6.1f}s",
             flush=True,

@@ -118,13 +118,15 @@ class Ledger:
 
     @property
     def saved_macs(self) -> int:
-        """``baseline_macs - spent_macs``."""
+        """``baseline_macs - spent_macs`` (0 when nothing was trained: no saving is claimed)."""
+        if self.trained <= 0:
+            return 0
         return self.baseline_macs - self.spent_macs
 
     @property
     def computation_saved(self) -> float:
-        """``1 - spent / baseline`` (0.0 when nothing was streamed)."""
-        if self.baseline_macs <= 0:
+        """``1 - spent / baseline`` (0.0 when nothing was streamed or trained: no saving)."""
+        if self.baseline_macs <= 0 or self.trained <= 0:
             return 0.0
         return 1.0 - self.spent_macs / self.baseline_macs
 
@@ -140,8 +142,8 @@ class Ledger:
 
     @property
     def computation_saved_32eq(self) -> float:
-        """``1 - spent_32eq / baseline`` (baseline: 32-bit SGD; 0.0 when nothing streamed)."""
-        if self.baseline_macs <= 0:
+        """``1 - spent_32eq / baseline`` (baseline: 32-bit SGD; 0.0 when nothing trained)."""
+        if self.baseline_macs <= 0 or self.trained <= 0:
             return 0.0
         return 1.0 - self.spent_macs_32eq / self.baseline_macs
 

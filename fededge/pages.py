@@ -219,7 +219,7 @@ RUN_TIER_COLUMNS = (
 RUN_ROUND_COLUMNS = (
     Column("round", "round", fmt_count),
     Column("ok", "ok", fmt_count),
-    Column("selected", "selected", fmt_count),
+    Column("sampled", "sampled", fmt_count),
     Column("trained", "trained", fmt_count),
     Column("budget_exhausted", "budget ran out", fmt_count),
     Column("spent_macs", "spent MACs", fmt_si),

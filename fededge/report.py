@@ -3,7 +3,7 @@
 Written into the output folder as each round finishes (write to a temporary
 file, then rename, so a crash never leaves a half-written table):
 
-* ``rounds.csv`` / ``rounds.parquet`` -- one row per round: devices selected,
+* ``rounds.csv`` / ``rounds.parquet`` -- one row per round: devices sampled,
   replies by status, instances, requested (budget), spent, baseline and saved
   MACs, computation saved (round and cumulative), accuracy, simulated round
   time and energy;
@@ -92,6 +92,9 @@ def device_row(
     m = dict(metrics or {})
     for name in LEDGER_COLUMNS:
         row[name] = float(m.get(name, math.inf if name == "budget_macs" else 0.0))
+    if status == "ok" and row["trained"] <= 0:
+        # nothing trained: no saving is claimed (SGD is counted at what was spent)
+        row["baseline_macs"] = float(sum(row[k] for k in MAC_FIELDS))
     ledger = Ledger.from_metrics({**row, "budget_macs": row["budget_macs"]})
     row["spent_macs"] = float(ledger.spent_macs)
     row["computation_saved"] = ledger.computation_saved
@@ -160,16 +163,23 @@ class FleetReport:
         loss: float | None,
         skipped: bool,
         wall_s: float,
+        rolled_back: bool = False,
     ) -> dict[str, Any]:
-        """Record one finished round and write every file. Returns the round's row."""
+        """Record one finished round and write every file. Returns the round's row.
+
+        ``rolled_back``: the round's model was lost (non-finite) and the last
+        good one kept.
+        """
         self.devices.extend(rows)
         frame = pd.DataFrame(rows)
         ok = frame[frame["status"] == "ok"] if len(frame) else frame
         prev = self.rounds[-1] if self.rounds else None
-        row: dict[str, Any] = {"round": server_round, "selected": selected}
+        # devices sampled this round ("selected" is the filter's count of kept instances)
+        row: dict[str, Any] = {"round": server_round, "sampled": selected}
         for status in STATUSES:
             row[status] = int((frame["status"] == status).sum()) if len(frame) else 0
         row["skipped"] = int(skipped)
+        row["rolled_back"] = int(rolled_back)
         row["foreign"] = int((ok["kind"] == "foreign").sum()) if len(ok) else 0
         for name in (
             "arrived",
@@ -324,7 +334,22 @@ class FleetReport:
         if rounds.empty:
             return None
         trained = float(rounds["trained"].sum()) + float(rounds.get("foreign", 0).sum())
+        last = rounds.iloc[-1]
         if trained > 0:
+            if last.get("rolled_back", 0) and not math.isfinite(last["accuracy"]):
+                lost = int(rounds["rolled_back"].sum())
+                return (
+                    f"the global model was lost: {lost} rounds ended in a non-finite model, "
+                    "and none evaluated finite (diverged? lower train.lr)"
+                )
+            final = [d for d in self.devices if d["round"] == last["round"]]
+            diverged = [d for d in final if str(d.get("reason", "")).startswith("diverged")]
+            if diverged and not any(d["status"] == "ok" for d in final):
+                return (
+                    f"training diverged: in the last round {len(diverged)} of {len(final)} "
+                    f"devices reported a NaN/Inf loss ({diverged[0]['reason']}) and none "
+                    "trained; the global model is the last good one"
+                )
             return None
         reasons = {str(d["reason"]) for d in self.devices if d.get("reason")}
         why = f"; reasons: {'; '.join(sorted(reasons)[:3])}" if reasons else ""

@@ -111,6 +111,7 @@ def run_server(
         on_round=after_round,
         state_dir=state_dir,
         stop=stop,
+        train_size=runtime.info.train_size,
     )
     if device_wait_s is not None:
         strategy.device_wait_s = device_wait_s

@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from clients.transport import array_numpy
-from fededge.ledger import Ledger
+from fededge.ledger import MAC_FIELDS, Ledger
 from fededge.report import FleetReport, device_row
 from fededge.scenario import Scenario
 
@@ -109,6 +109,7 @@ class FleetStrategy(FedAvg):
     expected : ``{name: shape}`` of the main net's transported weights.
     on_round : called with each :class:`RoundOutcome` (progress, checkpoints).
     state_dir : where simulated devices also keep their state ("" for none).
+    train_size : instances in the training split (bounds what a device can report).
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class FleetStrategy(FedAvg):
         on_round: Callable[[RoundOutcome], None] | None = None,
         state_dir: str = "",
         stop: threading.Event | None = None,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             fraction_train=scenario.server.fraction,
@@ -144,6 +146,10 @@ class FleetStrategy(FedAvg):
         self.device_wait_s = 900.0
         self._rows: list[dict[str, Any]] = []
         self._skipped = False
+        self._claimed: dict[int, int] = {}  # device -> node that replied for it this round
+        self._tiers = {tier.name: tier for tier in scenario.tiers}
+        #: Instances of the training split: bounds a backlog (``data.leftover = "queue"``).
+        self.train_size = train_size or 10**7
 
     # ------------------------------------------------------------ sampling
     def configure_train(
@@ -184,7 +190,10 @@ class FleetStrategy(FedAvg):
         """
         good: list[tuple[int, dict[str, np.ndarray], float]] = []
         rows: list[dict[str, Any]] = []
-        for msg in replies:
+        self._claimed = {}
+        # replies in node order: which of two nodes claiming one device wins does not
+        # depend on arrival order
+        for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 rows.append(
@@ -231,19 +240,26 @@ class FleetStrategy(FedAvg):
         return self._average(good), None
 
     def _device_of(self, node: int, checked: Checked) -> int:
-        """The device a reply is from: its own id, the one it gave before, or a foreign id."""
-        if checked.foreign:
-            if node not in self.node_to_device:
-                taken = set(self.node_to_device.values())
-                foreign_id = self.scenario.num_devices
-                while foreign_id in taken:
-                    foreign_id += 1
-                self.node_to_device[node] = foreign_id
-                self.device_names[foreign_id] = ("foreign", "?", "foreign")
-            return self.node_to_device[node]
+        """The device a reply is from: the one this node is known as, else the one it claims.
+
+        A node keeps the identity it first had (query phase, or its first
+        accepted reply); a rejected reply never gives a node an identity.
+        """
+        known = self.node_to_device.get(node)
+        if checked.foreign and known is None:
+            taken = set(self.node_to_device.values())
+            known = self.scenario.num_devices
+            while known in taken:
+                known += 1
+            self.node_to_device[node] = known
+            self.device_names[known] = ("foreign", "?", "foreign")
+        if known is not None:
+            if known == checked.device and checked.names is not None and not checked.problem:
+                self.device_names[known] = checked.names
+            return known
         device = checked.device
-        if device is None or not 0 <= device < self.scenario.num_devices:
-            return self.node_to_device.get(node, -1)
+        if checked.problem or device is None or not 0 <= device < self.scenario.num_devices:
+            return -1
         self.node_to_device[node] = device
         if checked.names is not None:
             self.device_names[device] = checked.names
@@ -294,11 +310,67 @@ class FleetStrategy(FedAvg):
         if metrics["num-examples"] < 0:
             checked.problem = "negative num-examples"
             return checked
-        if metrics["dropped"]:
+        checked.problem = self._identity_problem(msg.metadata.src_node_id, checked)
+        if not checked.problem and not metrics["dropped"]:
+            checked.problem = self._ledger_problem(metrics, checked.names)
+        if checked.problem or metrics["dropped"]:
             return checked
         checked.problem, checked.weights = self._check_weights(content)
         checked.weight = float(metrics["num-examples"])
         return checked
+
+    def _identity_problem(self, node: int, checked: Checked) -> str:
+        """A reply must come from the device this node said it is, once per round."""
+        device = checked.device
+        if device is None or not 0 <= device < self.scenario.num_devices:
+            claimed, last = checked.metrics.get("device-id"), self.scenario.num_devices - 1
+            return f"device-id {claimed!r} is not a device of the fleet (0..{last})"
+        known = self.node_to_device.get(node)
+        if known is not None and known != device:
+            return f"device-id {device}, but this node is device {known}"
+        owner = self._claimed.get(device)
+        if owner is not None and owner != node:
+            return f"device {device} already replied this round (from another node)"
+        self._claimed[device] = node
+        if checked.names is not None and checked.names[0] not in self._tiers:
+            return f"unknown tier {checked.names[0]!r}"
+        return ""
+
+    def _ledger_problem(self, metrics: dict[str, float], names: tuple[str, str, str] | None) -> str:
+        """What makes a ledger impossible for this device and round ("" when plausible)."""
+        negative = [k for k in REQUIRED_METRICS if metrics[k] < 0 and k != "device-id"]
+        if negative:
+            return f"negative ledger values: {', '.join(negative[:5])}"
+        trained, streamed, arrived = metrics["trained"], metrics["streamed"], metrics["arrived"]
+        if metrics["num-examples"] != trained:
+            return f"num-examples {metrics['num-examples']:g} differs from trained {trained:g}"
+        if not trained <= streamed <= arrived:
+            return f"trained {trained:g} <= streamed {streamed:g} <= arrived {arrived:g} fails"
+        if metrics["filtered_out"] > streamed:
+            return f"filtered_out {metrics['filtered_out']:g} > streamed {streamed:g}"
+        device = int(metrics["device-id"])
+        tier = self._tiers.get(names[0]) if names else None
+        tier = tier or self.scenario.tier_of(device)
+        cap = self._arrivals_cap(tier.arrivals_per_round)
+        if arrived > cap:
+            return f"arrived {arrived:g} > {cap:g}, the most a device of tier {tier.name!r} gets"
+        spent = sum(metrics[k] for k in MAC_FIELDS)
+        budget = float(metrics.get("budget_macs", math.inf))
+        if spent > budget * (1 + 1e-9):
+            return f"spent {spent:.4g} MACs > its budget {budget:.4g}"
+        simulated = names is None or names[2] == "simulated"
+        if simulated and budget > tier.budget_macs * (1 + 1e-9):
+            return f"budget {budget:.4g} MACs > tier {tier.name!r}'s {tier.budget_macs:.4g}"
+        return ""
+
+    def _arrivals_cap(self, rate: int) -> float:
+        """The most instances a device can have arrived in one round."""
+        data = self.scenario.data
+        if data.leftover == "queue":  # a backlog can hold what the partition holds
+            return float(self.train_size * data.passes)
+        if data.arrival_process == "poisson":  # beyond 10 sigma: never drawn
+            return rate + 10 * math.sqrt(rate) + 10
+        return float(rate)
 
     def _check_foreign(self, content: RecordDict, metrics: dict[str, float]) -> Checked:
         """A reply of a device on another stack: weights and ``num-examples`` only.
@@ -455,6 +527,8 @@ class FleetStrategy(FedAvg):
         rounds = self.scenario.run.rounds
         arrays = initial_arrays
         self.discover(grid, train_config, timeout_s=self.device_wait_s)
+        # (weights, accuracy, loss) of the last model that evaluated finite
+        last_good: tuple[ArrayRecord, float | None, float | None] = (arrays, None, None)
         for server_round in range(start_round, rounds + 1):
             started = time.perf_counter()
             messages = list(
@@ -478,11 +552,26 @@ class FleetStrategy(FedAvg):
                         )
                     )
             skipped = self._skipped
+            rolled_back = False
+            if new_arrays is not None and not _all_finite(new_arrays):
+                # finite replies can still average to Inf after the float32 cast
+                log.warning("round %d: the average is not finite; global model kept", server_round)
+                new_arrays, rolled_back = None, True
             if new_arrays is not None:
                 arrays = new_arrays
             accuracy = loss = None
             if server_round % self.scenario.server.eval_every == 0 or server_round == rounds:
                 accuracy, loss = self.evaluate_global(server_round, arrays)
+                if math.isfinite(loss):
+                    last_good = (arrays, accuracy, loss)
+                else:  # the model is lost: back to the last one that evaluated finite
+                    log.warning(
+                        "round %d: global model's loss is %s; rolled back to the last good model",
+                        server_round,
+                        loss,
+                    )
+                    arrays, accuracy, loss = last_good
+                    rolled_back = True
             rows.sort(key=lambda r: (r["device"], r["status"]))
             row = self.report.add_round(
                 server_round,
@@ -492,6 +581,7 @@ class FleetStrategy(FedAvg):
                 loss=loss,
                 skipped=skipped,
                 wall_s=time.perf_counter() - started,
+                rolled_back=rolled_back,
             )
             if self.on_round is not None:
                 self.on_round(RoundOutcome(server_round, row, arrays))
@@ -509,6 +599,11 @@ def short_reason(reason: str, limit: int = 200) -> str:
     last = last.removeprefix("Exception ClientAppException occurred. Message:").strip()
     last = last.removesuffix("'>").strip()
     return last if len(last) <= limit else last[: limit - 3] + "..."
+
+
+def _all_finite(record: ArrayRecord) -> bool:
+    """True when every array of ``record`` is finite."""
+    return all(np.isfinite(array_numpy(array)).all() for array in record.values())
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

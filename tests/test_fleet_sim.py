@@ -248,3 +248,45 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path: 
     rounds_resumed, devices_resumed = _tables(out)
     pd.testing.assert_frame_equal(rounds_full, rounds_resumed)
     pd.testing.assert_frame_equal(devices_full, devices_resumed)
+
+
+def test_partial_participation_trains_every_round_on_the_quickstart_fleet(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    quickstart = (ROOT / "scenarios" / "quickstart.toml").read_text()
+    result = _run(
+        tmp_path,
+        quickstart,
+        out,
+        *("--set", "server.fraction=0.25", "--set", "run.rounds=2"),
+        *("--set", "data.arrivals_per_round=64", "--set", "server.min_replies=1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert list(rounds["sampled"]) == [5, 5]  # 25% of 20 devices
+    assert list(rounds["ok"] + rounds["dropped"]) == [5, 5], rounds.to_string()
+    assert (rounds["trained"] > 0).all() and not rounds["skipped"].any()
+
+
+def test_divergence_is_reported_as_such_and_the_run_fails(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    text = GOLDEN.replace("lr = 0.05", "lr = 1e6")
+    result = _run(tmp_path, text, out)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    devices = pd.read_csv(out / "devices.csv")
+    reasons = set(devices.loc[devices["status"] == "failed", "reason"])
+    assert reasons and all(r.startswith("diverged: device") for r in reasons), reasons
+    assert "error: training diverged" in result.stderr
+    assert not _ray_processes(tmp_path)
+
+
+def test_a_run_that_trains_nothing_claims_no_saving_and_exits_non_zero(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # plain SGD trains full mini-batches only: 1 arrival per round never makes one
+    text = GOLDEN.replace("arrivals_per_round = 256", "arrivals_per_round = 1")
+    off = ("--set", "savers.eif.enabled=false", "--set", "savers.emp.enabled=false")
+    result = _run(tmp_path, text, out, *off)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "no device trained a single instance" in result.stderr
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert (rounds["trained"] == 0).all()
+    assert (rounds["computation_saved"] == 0).all() and (rounds["cum_computation_saved"] == 0).all()

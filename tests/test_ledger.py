@@ -13,11 +13,18 @@ def _ledger(**kw: float) -> Ledger:
 
 def test_spent_and_saving_add_every_overhead() -> None:
     # Prepare: 10 MACs in each kind, a baseline of 200.
-    ledger = _ledger(baseline_macs=200, **{name: 10 for name in MAC_FIELDS})
+    ledger = _ledger(baseline_macs=200, trained=4, **{name: 10 for name in MAC_FIELDS})
     # Execute / Assert: 7 kinds x 10 = 70 spent, saving 1 - 70/200.
     assert ledger.spent_macs == 70
     assert ledger.saved_macs == 130
     assert ledger.computation_saved == pytest.approx(0.65)
+
+
+def test_a_ledger_that_trained_nothing_claims_no_saving() -> None:
+    ledger = _ledger(baseline_macs=200, streamed=1, filter_forward_macs=5)
+    assert ledger.spent_macs == 5 and ledger.trained == 0
+    assert ledger.saved_macs == 0 and ledger.computation_saved == 0.0
+    assert ledger.computation_saved_32eq == 0.0
 
 
 def test_ledgers_add_up_and_budgets_stay_infinite() -> None:

@@ -46,18 +46,18 @@ def _strategy(tmp_path: Path, min_replies: int = 2) -> FleetStrategy:
     return FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
 
 
-def _metrics(device: int, trained: int, **changes: Any) -> dict[str, Any]:
+def _metrics(device: int, n: int, /, **changes: Any) -> dict[str, Any]:
     m: dict[str, Any] = {k: 0.0 for k in Ledger.field_names() if k != "budget_macs"}
     m.update(
-        trained=trained,
-        streamed=trained,
-        arrived=trained,
-        baseline_macs=10 * trained,
-        main_forward_macs=3 * trained,
+        trained=n,
+        streamed=n,
+        arrived=n,
+        baseline_macs=10 * n,
+        main_forward_macs=3 * n,
     )
     m.update(
         {
-            "num-examples": trained,
+            "num-examples": n,
             "device-id": device,
             "dropped": 0,
             "compute_s": 0.1,
@@ -74,7 +74,8 @@ def _metrics(device: int, trained: int, **changes: Any) -> dict[str, Any]:
 def _reply(
     device: int,
     value: float,
-    trained: int,
+    n: int,
+    /,
     *,
     arrays: dict[str, np.ndarray] | None = None,
     **changes: Any,
@@ -82,7 +83,7 @@ def _reply(
     request = Message(RecordDict(), dst_node_id=100 + device, message_type="train")
     if arrays is None:
         arrays = {"w": np.full((2, 2), value, np.float32), "b": np.full(2, value, np.float32)}
-    content = RecordDict({"metrics": MetricRecord(_metrics(device, trained, **changes))})
+    content = RecordDict({"metrics": MetricRecord(_metrics(device, n, **changes))})
     content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return Message(content, reply_to=request)
 
@@ -133,7 +134,7 @@ def test_poisoned_replies_are_rejected_and_never_aggregated(
     tmp_path: Path, bad: dict[str, Any], reason: str
 ) -> None:
     strategy = _strategy(tmp_path)
-    poisoned = _reply(2, 1000.0, 100, **bad)
+    poisoned = _reply(2, 1000.0, 50, **bad)
     arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 1), _reply(1, 1.0, 1), poisoned])
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.ones((2, 2)))  # the poison is not in it
@@ -215,6 +216,7 @@ def test_stock_flower_reply_is_rejected_naming_the_missing_keys_unless_foreign_a
         1, strategy._rows, selected=2, accuracy=None, loss=None, skipped=False, wall_s=0.0
     )
     assert row["foreign"] == 1 and row["trained"] == 64  # its compute is not counted
+    assert row["sampled"] == 2  # devices the round was sent to (not the filter's "selected")
     assert row["spent_macs"] == 3 * 64 and row["baseline_macs"] == 10 * 64
 
 
@@ -304,3 +306,42 @@ def test_a_run_in_which_nothing_trained_is_a_failure(tmp_path: Path) -> None:
         2, strategy._rows, selected=1, accuracy=0.2, loss=2.0, skipped=False, wall_s=0.0
     )
     assert strategy.report.failure() is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"num-examples": 1e308}, "num-examples 1e+308 differs from trained 4"),
+        ({"trained": 1e12, "num-examples": 1e12}, "trained 1e+12 <= streamed 4"),
+        ({"main_forward_macs": -5.0}, "negative ledger values: main_forward_macs"),
+        ({"arrived": 1e6, "streamed": 1e6}, "arrived 1e+06 > 64"),
+        ({"budget_macs": 1.0}, "spent 12 MACs > its budget 1"),
+        ({"filtered_out": 9.0}, "filtered_out 9 > streamed 4"),
+    ],
+)
+def test_impossible_ledgers_are_rejected(
+    tmp_path: Path, changes: dict[str, Any], reason: str
+) -> None:
+    strategy = _strategy(tmp_path, min_replies=1)
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, 2.0, 4), _reply(0, 9.0, 4, **changes)])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0))
+    bad = next(r for r in strategy._rows if r["status"] == "rejected")
+    assert reason in bad["reason"]
+
+
+def test_a_node_cannot_speak_for_another_device_or_invent_a_tier(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, min_replies=1)
+    strategy.node_to_device = {100: 0, 101: 1}  # what the query phase found
+    # node 101 (device 1) claims to be device 0; node 100 is device 0
+    liar = _reply(0, 9.0, 4)
+    liar.metadata.__dict__["_src_node_id"] = 101
+    arrays, _ = strategy.aggregate_train(1, [_reply(0, 2.0, 4), liar])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0))
+    reasons = [r["reason"] for r in strategy._rows if r["status"] == "rejected"]
+    assert reasons == ["device-id 0, but this node is device 1"]
+    fake = _with_device_record(_reply(1, 9.0, 4), {"tier": "vip", "profile": "x", "kind": "real"})
+    strategy.aggregate_train(2, [_reply(0, 2.0, 4), fake])
+    reasons = [r["reason"] for r in strategy._rows if r["status"] == "rejected"]
+    assert reasons == ["unknown tier 'vip'"]
