@@ -112,6 +112,29 @@ def _state_dir(setup: DeviceSetup, config: ConfigRecord, scenario: Scenario) -> 
     return str(setup.own_state_dir() / f"{scenario.run.name}-{digest}")
 
 
+def attacked(
+    tier: Tier, received: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The weights a device of ``tier`` sends: its own, or an attack on the global model.
+
+    ``scale``: ``w + s * u``; ``sign_flip``: ``w - s * u`` (``u`` the device's
+    update, ``s`` = ``attack_scale``); ``nan``: NaN weights. Simulation only,
+    to measure a defence (``server.aggregation``, ``server.norm_bound``).
+    """
+    if tier.attack == "none":
+        return trained
+    out: dict[str, torch.Tensor] = {}
+    for name, value in trained.items():
+        update = value - received[name].to(value.dtype)
+        if tier.attack == "scale":
+            out[name] = received[name] + tier.attack_scale * update
+        elif tier.attack == "sign_flip":
+            out[name] = received[name] - tier.attack_scale * update
+        else:
+            out[name] = torch.full_like(value, math.nan)
+    return out
+
+
 class Diverged(RuntimeError):
     """Local training produced a NaN/Inf loss: no weights are sent."""
 
@@ -176,7 +199,7 @@ def train(msg: Message, context: Context) -> Message:
 
     content = RecordDict()
     if not result.dropped:
-        content["arrays"] = ArrayRecord(result.weights)
+        content["arrays"] = ArrayRecord(attacked(tier, weights, result.weights))
     metrics: dict[str, int | float | list[int] | list[float]] = {
         **{k: v for k, v in result.ledger.to_metrics().items() if math.isfinite(v)},
         "num-examples": result.ledger.trained,

@@ -21,10 +21,12 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
     [savers.quant] enabled, weight_bits, activation_bits, error_bits, grad_bits, stochastic,
                    range_bn, range_bn_chunks, weight_per_channel, exempt, include_filter
     [[fleet.tiers]] name, profile, count, budget_macs | budget_seconds | budget_joules,
-                   dropout, arrivals_per_round, savers (per-tier overrides)
+                   dropout, arrivals_per_round, savers (per-tier overrides),
+                   fail_probability, slow_probability, slow_delay_s, attack, attack_scale
     [fleet.profiles.NAME]  custom device profiles
     [server]       fraction, min_replies, eval_every, eval_instances, timeout_s,
-                   foreign_devices
+                   foreign_devices, aggregation, trim_fraction, byzantine, norm_bound,
+                   norm_action
     [simulation]   client_cpus, client_gpus, max_concurrent, ray_address, threads_per_client
     [sweep]        budgets, savers
 """
@@ -237,6 +239,12 @@ class TierSection(Section):
     is unavailable and says so; ``fail_probability`` -- its ClientApp raises;
     ``slow_probability`` -- it replies ``slow_delay_s`` seconds late (set it
     above ``server.timeout_s`` to simulate a device that times out).
+
+    Attack injection (simulation, to measure a defence, see ``server.aggregation``):
+    ``attack`` -- what the tier's devices send instead of their update
+    ``u = w_trained - w_global``: ``scale`` (``w_global + attack_scale * u``),
+    ``sign_flip`` (``w_global - attack_scale * u``) or ``nan`` (NaN weights);
+    their ledgers stay honest.
     """
 
     name: Name
@@ -251,6 +259,8 @@ class TierSection(Section):
     slow_delay_s: NonNegFloat = 0.0
     arrivals_per_round: PosInt | None = None
     savers: dict[str, Any] | None = None
+    attack: Literal["none", "scale", "sign_flip", "nan"] = "none"
+    attack_scale: PosFloat = 10.0
 
     @model_validator(mode="after")
     def _one_budget(self) -> TierSection:
@@ -285,6 +295,18 @@ class ServerSection(Section):
     #: ``reject`` them, or ``accept`` them -- aggregated, reported as ``kind = foreign``
     #: with their compute unaccounted (docs/device-contract.md).
     foreign_devices: Literal["reject", "accept"] = "reject"
+    #: How the good replies are combined: FedAvg (weighted by instances trained), or a
+    #: robust rule from Flower: coordinate-wise ``median``, ``trimmed_mean`` (cutting
+    #: ``trim_fraction`` at each end), ``krum`` / ``multikrum`` (assuming ``byzantine``
+    #: attackers among the replies; multikrum averages the n - byzantine best).
+    aggregation: Literal["fedavg", "median", "trimmed_mean", "krum", "multikrum"] = "fedavg"
+    trim_fraction: Annotated[StrictFloat, Field(ge=0, lt=0.5)] = 0.2
+    byzantine: NonNegInt = 1
+    #: An update ``w_i - w_global`` longer than ``norm_bound`` x the median length of the
+    #: round's updates is clipped to that length (``norm_action = "clip"``) or its reply
+    #: rejected (``"reject"``); ``norm_bound = 0`` turns the bound off.
+    norm_bound: NonNegFloat = 10.0
+    norm_action: Literal["clip", "reject"] = "clip"
 
 
 class SimulationSection(Section):
@@ -348,6 +370,8 @@ class Tier:
         self.fail_probability = section.fail_probability
         self.slow_probability = section.slow_probability
         self.slow_delay_s = section.slow_delay_s
+        self.attack = section.attack
+        self.attack_scale = section.attack_scale
         self.arrivals_per_round = arrivals_per_round
         self.first_device = first_device
 

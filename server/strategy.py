@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -146,7 +146,10 @@ class FleetStrategy(FedAvg):
         self.device_wait_s = 900.0
         self._rows: list[dict[str, Any]] = []
         self._skipped = False
-        self._claimed: dict[int, int] = {}  # device -> node that replied for it this round
+        self._claimed: dict[int, int] = {}
+        self._global: dict[str, np.ndarray] | None = (
+            None  # the weights sent this round  # device -> node that replied for it this round
+        )
         self._tiers = {tier.name: tier for tier in scenario.tiers}
         #: Instances of the training split: bounds a backlog (``data.leftover = "queue"``).
         self.train_size = train_size or 10**7
@@ -168,6 +171,7 @@ class FleetStrategy(FedAvg):
             picked = rng.choice(len(nodes), size=k, replace=False)
             nodes = sorted(nodes[int(i)] for i in picked)
         config["server-round"] = server_round
+        self._global = {k: array_numpy(v).astype(np.float64) for k, v in arrays.items()}
         # what a stock Flower client reads (docs/device-contract.md); fededge devices
         # take their settings from the scenario
         train = self.scenario.train
@@ -227,6 +231,7 @@ class FleetStrategy(FedAvg):
                 self._row(server_round, device, "ok", checked.metrics, foreign=checked.foreign)
             )
             good.append((device, checked.weights, checked.weight))
+        good = self._bound_updates(server_round, good, rows)
         self._rows = rows
         self._skipped = len(good) < self.scenario.server.min_replies
         if self._skipped:
@@ -265,8 +270,71 @@ class FleetStrategy(FedAvg):
             self.device_names[device] = checked.names
         return device
 
+    def _bound_updates(
+        self,
+        server_round: int,
+        good: list[tuple[int, dict[str, np.ndarray], float]],
+        rows: list[dict[str, Any]],
+    ) -> list[tuple[int, dict[str, np.ndarray], float]]:
+        """Clip (or reject) updates longer than ``norm_bound`` x the round's median length."""
+        factor = self.scenario.server.norm_bound
+        if not factor or self._global is None or len(good) < 2:
+            return good
+        norms = [_update_norm(weights, self._global) for _, weights, _ in good]
+        bound = factor * float(np.median(norms))
+        if not bound > 0:
+            return good
+        row_of = {r["device"]: r for r in rows if r["status"] == "ok"}
+        kept = []
+        for (device, weights, weight), norm in zip(good, norms, strict=True):
+            if norm <= bound:
+                kept.append((device, weights, weight))
+                continue
+            what = f"update norm {norm:.3g} > {factor:g} x the round's median ({bound:.3g})"
+            row = row_of[device]
+            if self.scenario.server.norm_action == "reject":
+                rows[rows.index(row)] = self._row(server_round, device, "rejected", None, what)
+                log.warning("round %d: rejected device %d: %s", server_round, device, what)
+                continue
+            scale = bound / norm
+            clipped = {
+                k: self._global[k] + scale * (v - self._global[k]) for k, v in weights.items()
+            }
+            row["reason"] = f"clipped: {what}"
+            kept.append((device, clipped, weight))
+        return kept
+
     def _average(self, good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
+        """The aggregate of the good replies by ``server.aggregation`` (in device order)."""
         good.sort(key=lambda item: item[0])
+        rule = self.scenario.server.aggregation
+        if rule in ("median", "trimmed_mean"):
+            from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+            beta = self.scenario.server.trim_fraction
+            out = {}
+            for name in good[0][1]:
+                stacked = np.stack([weights[name].astype(np.float64) for _, weights, _ in good])
+                out[name] = (
+                    np.median(stacked, axis=0) if rule == "median" else trim_mean(stacked, beta)
+                )
+            return _record(out)
+        if rule in ("krum", "multikrum"):
+            from flwr.serverapp.strategy.multikrum import select_multikrum
+
+            contents = [
+                RecordDict({"arrays": _record(weights), "metrics": MetricRecord({"i": i})})
+                for i, (_, weights, _) in enumerate(good)
+            ]
+            f = self.scenario.server.byzantine
+            select = 1 if rule == "krum" else max(1, len(good) - f)
+            chosen = select_multikrum(contents, f, select)
+            picked = {int(str(c.metric_records["metrics"]["i"])) for c in chosen}
+            good = [item for i, item in enumerate(good) if i in picked]
+        return self._weighted_mean(good)
+
+    @staticmethod
+    def _weighted_mean(good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
         total = sum(weight for _, _, weight in good)
         if total <= 0:
             return None  # nobody trained: keep the global model
@@ -599,6 +667,14 @@ def short_reason(reason: str, limit: int = 200) -> str:
     last = last.removeprefix("Exception ClientAppException occurred. Message:").strip()
     last = last.removesuffix("'>").strip()
     return last if len(last) <= limit else last[: limit - 3] + "..."
+
+
+def _update_norm(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """L2 length of ``weights - reference`` over every array."""
+    total = sum(
+        float(np.sum((v.astype(np.float64) - reference[k]) ** 2)) for k, v in weights.items()
+    )
+    return math.sqrt(total)
 
 
 def _all_finite(record: ArrayRecord) -> bool:

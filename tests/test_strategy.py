@@ -345,3 +345,68 @@ def test_a_node_cannot_speak_for_another_device_or_invent_a_tier(tmp_path: Path)
     strategy.aggregate_train(2, [_reply(0, 2.0, 4), fake])
     reasons = [r["reason"] for r in strategy._rows if r["status"] == "rejected"]
     assert reasons == ["unknown tier 'vip'"]
+
+
+def _sent(strategy: FleetStrategy, value: float = 0.0) -> None:
+    """Have ``strategy`` send global weights of ``value`` (what updates are measured from)."""
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1]
+
+    arrays = ArrayRecord(
+        {"w": Array(np.full((2, 2), value, np.float32)), "b": Array(np.full(2, value, np.float32))}
+    )
+    list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("action", ["clip", "reject"])
+def test_an_update_far_longer_than_the_rounds_others_is_clipped_or_rejected(
+    tmp_path: Path, action: str
+) -> None:
+    scenario = parse_scenario(
+        SCENARIO, overrides=["server.min_replies=1", f'server.norm_action="{action}"']
+    )
+    report = FleetReport(tmp_path, "t", ["a", "b"], plots=False)
+    strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
+    _sent(strategy)
+    honest = [_reply(d, 1.0, 4) for d in range(3)]  # updates of length sqrt(6)
+    arrays, _ = strategy.aggregate_train(1, [*honest, _reply(3, 1000.0, 4)])
+    assert arrays is not None
+    attacker = next(r for r in strategy._rows if r["device"] == 3)
+    if action == "reject":
+        assert attacker["status"] == "rejected" and "update norm" in attacker["reason"]
+        np.testing.assert_allclose(arrays["w"].numpy(), np.ones((2, 2)))
+    else:  # clipped to 10 x the median length: 10.0 per coordinate
+        assert attacker["status"] == "ok" and attacker["reason"].startswith("clipped")
+        np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), (3 + 10) / 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [("fedavg", 250.75), ("median", 1.0), ("trimmed_mean", 1.0), ("krum", 1.0), ("multikrum", 1.0)],
+)
+def test_robust_aggregation_resists_an_outlier(tmp_path: Path, rule: str, expected: float) -> None:
+    overrides = ["server.min_replies=1", f'server.aggregation="{rule}"', "server.norm_bound=0.0"]
+    overrides.append("server.trim_fraction=0.25")
+    scenario = parse_scenario(SCENARIO, overrides=overrides)
+    report = FleetReport(tmp_path, "t", ["a", "b"], plots=False)
+    strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
+    replies = [_reply(d, 1.0, 4) for d in range(3)] + [_reply(3, 1000.0, 4)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), expected), rtol=1e-6)
+
+
+def test_attack_tiers_send_what_they_are_told() -> None:
+    import torch
+
+    from clients.app import attacked
+
+    text = SCENARIO.replace('profile = "rpi4"', 'profile = "rpi4"\nattack = "sign_flip"')
+    scenario = parse_scenario(text, overrides=["fleet.tiers[1].attack_scale=2.0"])
+    received = {"w": torch.zeros(2)}
+    trained = {"w": torch.tensor([1.0, -1.0])}
+    honest, flipped = scenario.tiers
+    assert attacked(honest, received, trained) is trained
+    assert attacked(flipped, received, trained)["w"].tolist() == [-2.0, 2.0]
