@@ -184,8 +184,13 @@ def read_file(
     rounds = [r for r in _rounds_on_disk(folder) if r < before_round]
     if not rounds:
         return None, 0
-    blob = (folder / f"r{rounds[-1]}.pt").read_bytes()
-    return decode(blob), rounds[-1]
+    path = folder / f"r{rounds[-1]}.pt"
+    try:
+        return decode(path.read_bytes()), rounds[-1]
+    except Exception as exc:  # name the file, whatever the decoder said
+        raise ValueError(
+            f"device state file {path} is corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _rounds_on_disk(folder: Path) -> list[int]:

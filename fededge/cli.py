@@ -133,27 +133,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_output_dir(out_dir: Path, digest: str, *, resume: bool) -> None:
-    import json
-
-    from fededge.errors import ConfigError, ConfigIssue
-
-    state = out_dir / "checkpoint" / "state.json"
+    """With ``--resume``: everything the resume needs is there and belongs to this run."""
     if resume:
-        if not state.exists():
-            raise ConfigError(
-                [ConfigIssue("--resume", f"no checkpoint in {out_dir} to resume from")]
-            )
-        found = json.loads(state.read_text()).get("digest")
-        if found != digest:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        "--resume",
-                        f"{out_dir} holds a run of a different scenario (digest {found}, "
-                        f"this one {digest}); resume with the same scenario and --set overrides",
-                    )
-                ]
-            )
+        from server.checkpoint import verify_checkpoint
+
+        verify_checkpoint(out_dir, digest)
 
 
 def _add_train(sub: Any) -> None:

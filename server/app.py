@@ -11,54 +11,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.transport import array_numpy, record_tensors
+from clients.transport import record_tensors
 from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.report import FleetReport, atomic_write_text
 from fededge.scenario import Scenario
+from server.checkpoint import load_checkpoint, new_run_id, save_checkpoint
 from server.deployment import RunSettings
 from server.strategy import FleetStrategy, RoundOutcome
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint"
-
 #: Redraw the report's plots at most this often during a run (seconds); tables every round.
 PLOT_EVERY_S = 60.0
-
-
-def save_checkpoint(out_dir: Path, scenario: Scenario, outcome: RoundOutcome) -> None:
-    """Global weights and the last completed round, written atomically."""
-    folder = out_dir / CHECKPOINT
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".global.tmp{os.getpid()}.npz"
-    arrays = {name: array_numpy(array) for name, array in outcome.arrays.items()}
-    with tmp.open("wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
-    os.replace(tmp, folder / "global.npz")
-    meta = {"round": outcome.server_round, "digest": scenario.digest, "name": scenario.run.name}
-    atomic_write_text(folder / "state.json", json.dumps(meta) + "\n")
-
-
-def load_checkpoint(out_dir: Path) -> tuple[int, str, ArrayRecord] | None:
-    """``(round, digest, arrays)`` of the last completed round, or None."""
-    folder = out_dir / CHECKPOINT
-    try:
-        meta = json.loads((folder / "state.json").read_text())
-        with np.load(folder / "global.npz") as data:
-            arrays = ArrayRecord({k: Array(np.array(data[k])) for k in data.files})
-    except FileNotFoundError:
-        return None
-    return int(meta["round"]), str(meta["digest"]), arrays
 
 
 def run_server(
@@ -78,22 +50,27 @@ def run_server(
     start_round = 1
     initial = ArrayRecord(transported_weights(runtime.main_net, runtime.weight_names))
     report = FleetReport(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
-    if resume:
-        checkpoint = load_checkpoint(out_dir)
-        if checkpoint is not None:
-            done, _digest, arrays = checkpoint
-            report = FleetReport.load(
-                out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S
-            )
-            report.truncate(done)
-            initial, start_round = arrays, done + 1
-            log.info("resuming %s after round %d", scenario.run.name, done)
+    run_id = new_run_id()
+    if resume:  # everything it needs is verified first (exit 2 naming what is wrong)
+        done, run_id, arrays = load_checkpoint(out_dir, scenario.digest)
+        report = FleetReport.load(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
+        report.truncate(done)
+        initial, start_round = arrays, done + 1
+        log.info("resuming %s (run %s) after round %d", scenario.run.name, run_id, done)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> tuple[float, float]:
         return runtime.evaluate(record_tensors(arrays))
 
     def after_round(outcome: RoundOutcome) -> None:
-        save_checkpoint(out_dir, scenario, outcome)
+        save_checkpoint(
+            out_dir,
+            scenario,
+            outcome.server_round,
+            outcome.arrays,
+            report,
+            run_id=run_id,
+            state_dir=state_dir,
+        )
         if on_round is not None:
             on_round(outcome)
 

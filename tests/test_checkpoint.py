@@ -1,0 +1,145 @@
+"""Resume checks what it needs: every broken or foreign checkpoint file is refused, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+
+from clients import state as device_state
+from fededge.cli import main
+from fededge.report import FleetReport, device_row
+from fededge.scenario import parse_scenario
+from server.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+
+SCENARIO = """
+[run]
+name = "resume-test"
+rounds = 3
+[data]
+arrivals_per_round = 64
+[[fleet.tiers]]
+name = "a"
+profile = "phone"
+count = 2
+"""
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run folder after 2 rounds: tables, weights, manifest, device states; and its scenario."""
+    scenario_file = tmp_path / "scenario.toml"
+    scenario_file.write_text(SCENARIO)
+    scenario = parse_scenario(SCENARIO)
+    out = tmp_path / "out"
+    report = FleetReport(out, "resume-test", ["a"], plots=False)
+    for server_round in (1, 2):
+        rows = []
+        for device in (0, 1):
+            metrics = {"trained": 32, "streamed": 32, "arrived": 64, "baseline_macs": 100}
+            rows.append(device_row(server_round, device, "a", "phone", "ok", metrics))
+            blob = device_state.encode({"position": server_round, "w": torch.ones(3)})
+            device_state.write_file(str(out / "device_state"), device, server_round, blob)
+        report.add_round(
+            server_round, rows, selected=2, accuracy=0.5, loss=1.0, skipped=False, wall_s=0.1
+        )
+        arrays = ArrayRecord({"w": Array(np.full(3, server_round, np.float32))})
+        save_checkpoint(
+            out, scenario, server_round, arrays, report, run_id="run-1", state_dir="device_state"
+        )
+    return out, scenario_file
+
+
+def _resume(out: Path, scenario_file: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["run", str(scenario_file), "--out", str(out), "--resume"])
+    return code, capsys.readouterr().err
+
+
+def test_an_intact_checkpoint_resumes_from_its_round(run: tuple[Path, Path]) -> None:
+    out, scenario_file = run
+    digest = parse_scenario(scenario_file.read_text()).digest
+    done, run_id, arrays = load_checkpoint(out, digest)
+    assert (done, run_id) == (2, "run-1")
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.full(3, 2.0))
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["global-r2.npz", "state.json"]
+    manifest = verify_checkpoint(out, digest)
+    assert manifest["device_state"]["rounds"] == {"0": 2, "1": 2}
+
+
+def test_weights_written_after_the_manifest_are_not_used(run: tuple[Path, Path]) -> None:
+    # interrupted between writing round 3's weights and its manifest
+    out, scenario_file = run
+    np.savez(out / "checkpoint" / "global-r3.npz", w=np.full(3, 99.0, np.float32))
+    digest = parse_scenario(scenario_file.read_text()).digest
+    done, _, arrays = load_checkpoint(out, digest)
+    assert done == 2 and float(arrays["w"].numpy()[0]) == 2.0
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (
+            lambda out: _truncate(out / "checkpoint" / "global-r2.npz"),
+            "global-r2.npz does not match",
+        ),
+        (lambda out: (out / "checkpoint" / "global-r2.npz").unlink(), "global-r2.npz is missing"),
+        (lambda out: (out / "checkpoint" / "state.json").write_text("{not json"), "state.json is"),
+        (lambda out: (out / "rounds.parquet").unlink(), "rounds.parquet is missing"),
+        (lambda out: _truncate(out / "devices.parquet"), "devices.parquet does not match"),
+        (
+            lambda out: [p.unlink() for p in out.glob("*.parquet")],
+            "rounds.parquet is missing",
+        ),
+        (
+            lambda out: __import__("shutil").rmtree(out / "device_state"),
+            "device-0/r2.pt is missing",
+        ),
+        (lambda out: _truncate(out / "device_state" / "device-1" / "r2.pt"), "r2.pt is corrupt"),
+        (lambda out: (out / "checkpoint" / "state.json").unlink(), "no checkpoint in"),
+    ],
+    ids=[
+        "truncated-weights",
+        "missing-weights",
+        "corrupt-manifest",
+        "missing-rounds-table",
+        "truncated-devices-table",
+        "tables-deleted",
+        "device-state-deleted",
+        "truncated-device-state",
+        "no-manifest",
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(
+    run: tuple[Path, Path], capsys: pytest.CaptureFixture[str], damage: object, named: str
+) -> None:
+    out, scenario_file = run
+    damage(out)  # type: ignore[operator]
+    code, err = _resume(out, scenario_file, capsys)
+    assert code == 2, err
+    assert named in err and "Traceback" not in err
+    if "no checkpoint" not in named:
+        assert "start over with a new --out" in err
+
+
+def test_a_checkpoint_of_another_scenario_is_refused(
+    run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, scenario_file = run
+    scenario_file.write_text(SCENARIO.replace("rounds = 3", "rounds = 4"))
+    code, err = _resume(out, scenario_file, capsys)
+    assert code == 2 and "holds a run of a different scenario" in err
+
+
+def test_a_corrupt_device_state_names_its_file_on_the_device(tmp_path: Path) -> None:
+    device_state.write_file(str(tmp_path), 3, 1, device_state.encode({"x": torch.ones(2)}))
+    path = tmp_path / "device-3" / "r1.pt"
+    _truncate(path)
+    with pytest.raises(ValueError, match=f"device state file {path} is corrupt"):
+        device_state.read_file(str(tmp_path), 3, 2)
