@@ -10,9 +10,12 @@ uses the first one's ``ray.init`` settings (CPUs, temp dir, cluster address).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -47,3 +50,37 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def reap_orphans(temp_dir: str | os.PathLike[str]) -> list[int]:
+    """Stop the leftovers of a killed run: Ray processes of ``temp_dir`` whose parent died.
+
+    After the driver of a local Ray session is killed (SIGKILL), Ray's node
+    processes go, but its dashboard and runtime-env agents can stay behind,
+    adopted by init (parent 1). They are recognised by parent 1, this user,
+    and a file open under ``temp_dir`` (their logs: a folder only fededge's local
+    sessions use), so a Ray cluster started with ``ray start`` is never touched.
+    Returns the process ids stopped.
+    """
+    import psutil
+
+    root = str(Path(temp_dir).resolve())
+    found = []
+    for proc in psutil.process_iter(["ppid", "uids", "pid"]):
+        try:
+            if proc.info["ppid"] != 1 or proc.info["uids"].real != os.getuid():
+                continue
+            if any(f.path.startswith(root + os.sep) for f in proc.open_files()):
+                found.append(proc)
+        except (psutil.Error, AttributeError):
+            continue
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=5)
+    for proc in alive:  # the agents often ignore SIGTERM
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if found:
+        log.info("stopped %d processes left behind by a killed run", len(found))
+    return [p.pid for p in found]

@@ -9,10 +9,12 @@ import signal
 import sys
 import tempfile
 import threading
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from fededge.report import FleetReport
 from fededge.scenario import Scenario
@@ -113,8 +115,10 @@ def simulate(
     config = backend_config(scenario, ray_address=ray_address)
     session = keep_ray_session() if keep_ray else contextlib.nullcontext()
     try:
-        with _graceful_ctrl_c(stop), session, warnings.catch_warnings():
+        with _graceful_ctrl_c(stop) as take_signals_back, session, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _start_ray(config)
+            take_signals_back()  # Ray's core worker installs its own SIGTERM handler
             try:
                 run_simulation(
                     server_app=server_app,
@@ -139,6 +143,26 @@ def simulate(
     return result["report"]
 
 
+def _start_ray(config: dict[str, Any]) -> None:
+    """Start (or join) Ray here, in the main thread, as Flower's Ray backend would.
+
+    Flower starts Ray only when it is not running; starting it first lets the
+    caller take SIGTERM back from Ray's handler (which dumps a stack and aborts).
+    """
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    if ray.is_initialized():
+        return
+    temp_dir = config["init_args"].get("_temp_dir")
+    if temp_dir:  # a local session: first stop what a killed run left behind
+        from server.ray_session import reap_orphans
+
+        reap_orphans(temp_dir)
+    stub = types.SimpleNamespace(init_args_key="init_args")
+    RayBackend.init_ray(stub, config)  # type: ignore[arg-type]
+
+
 def _drop(record: logging.LogRecord) -> bool:
     return False
 
@@ -149,13 +173,15 @@ def _silence_flower() -> None:
 
 
 @contextlib.contextmanager
-def _graceful_ctrl_c(stop: threading.Event) -> Iterator[None]:
-    """The first Ctrl-C sets ``stop`` (a clean stop); a second one stops at once.
+def _graceful_ctrl_c(stop: threading.Event) -> Iterator[Callable[[], None]]:
+    """The first Ctrl-C (or SIGTERM) sets ``stop`` (a clean stop); a second one stops at once.
 
     On the first SIGINT the server leaves its round (:class:`RunStopped`),
     Flower's engine lets the devices finish the calls they are in and stops
     its workers, and only then is Ray shut down; :func:`simulate` then raises
-    ``KeyboardInterrupt``. Interrupting the engine's threads instead (Python's
+    ``KeyboardInterrupt``. It yields a function that installs the handlers
+    again (Ray's core worker replaces SIGTERM's when Ray starts).
+    Interrupting the engine's threads instead (Python's
     default) shuts Ray down under a worker blocked in ``ray.get``, and Ray's
     core worker then ends the whole process (exit 1), before the finished
     rounds could be reported. A second Ctrl-C raises ``KeyboardInterrupt`` at
@@ -176,10 +202,18 @@ def _graceful_ctrl_c(stop: threading.Event) -> Iterator[None]:
 
     main = threading.current_thread() is threading.main_thread()
     if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield
+        yield lambda: None
         return
     previous = signal.signal(signal.SIGINT, handle)
+    # SIGTERM (a scheduler, `kill`, a container stop) stops the same clean way
+    previous_term = signal.signal(signal.SIGTERM, handle)
+
+    def take_back() -> None:
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
     try:
-        yield
+        yield take_back
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -290,3 +290,63 @@ def test_a_run_that_trains_nothing_claims_no_saving_and_exits_non_zero(tmp_path:
     rounds = pd.read_csv(out / "rounds.csv")
     assert (rounds["trained"] == 0).all()
     assert (rounds["computation_saved"] == 0).all() and (rounds["cum_computation_saved"] == 0).all()
+
+
+def _start_and_wait_for_round(tmp_path: Path, text: str, out: Path) -> subprocess.Popen[str]:
+    """Start ``fededge run`` in the background; return once its first round is written."""
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    cmd = [sys.executable, "-m", "fededge.cli", "run", str(path), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out / "rounds.csv").exists():
+        time.sleep(0.2)
+    return proc
+
+
+def _leftovers(tmp_path: Path, pid: int) -> list[str]:
+    """Processes of a run: children of ``pid``, or adopted by init holding its Ray files."""
+    import psutil
+
+    root = str(_ray_dir(tmp_path))
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "name"]):
+        try:
+            if proc.info["ppid"] == pid:
+                found.append(f"{proc.pid} {proc.info['name']} (child)")
+            elif proc.info["ppid"] == 1 and any(f.path.startswith(root) for f in proc.open_files()):
+                found.append(f"{proc.pid} {proc.info['name']} (orphan)")
+        except psutil.Error:
+            continue
+    return found + _ray_processes(tmp_path)
+
+
+def test_sigterm_stops_cleanly_with_a_resume_hint_and_no_process_left(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _start_and_wait_for_round(tmp_path, GOLDEN.replace("rounds = 2", "rounds = 6"), out)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the run did not stop within 120 s of SIGTERM: {err[-2000:]}")
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err and "SIGTERM received" not in err and "Traceback" not in err
+    time.sleep(1.0)
+    assert not _leftovers(tmp_path, proc.pid)
+
+
+def test_after_sigkill_the_next_run_leaves_no_process_of_the_killed_one(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    proc = _start_and_wait_for_round(tmp_path, GOLDEN.replace("rounds = 2", "rounds = 6"), out)
+    proc.kill()
+    proc.communicate()
+    time.sleep(2.0)
+    left = _leftovers(tmp_path, proc.pid)  # what Ray leaves behind (the agents), if anything
+    result = _run(tmp_path, GOLDEN.replace("rounds = 2", "rounds = 1"), tmp_path / "next")
+    assert result.returncode == 0, result.stderr[-3000:]
+    time.sleep(1.0)
+    assert not _leftovers(tmp_path, proc.pid), f"left after the kill: {left}"
