@@ -411,6 +411,40 @@ def test_cache_hit_reads_cache_not_source(tmp_path: Path, monkeypatch: pytest.Mo
     assert third.labels[:3].tolist() == [1, 2, 3]
 
 
+@pytest.mark.parametrize("damage", ["overwritten-bytes", "shuffled-labels", "bad-labels"])
+def test_a_wrong_cache_entry_is_never_used_and_repairs_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    # Prepare: a cached MNIST test split, then its arrays changed in place (same size)
+    monkeypatch.setenv("FEDEDGE_CACHE", str(tmp_path / "cache"))
+    images = np.arange(10_000 * 28 * 28, dtype=np.int64).reshape(10_000, 28, 28) % 251
+    labels = np.arange(10_000) % 10
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images.astype(np.uint8))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    load_dataset("mnist", "test", tmp_path)  # memory-maps the entry: not a reference
+    (meta,) = (tmp_path / "cache").glob("*.json")
+    labels_npy = meta.with_name(meta.name.replace(".json", ".labels.npy"))
+    images_npy = meta.with_name(meta.name.replace(".json", ".images.npy"))
+    if damage == "overwritten-bytes":
+        raw = bytearray(images_npy.read_bytes())
+        raw[-5000:] = bytes(5000)
+        images_npy.write_bytes(bytes(raw))
+    else:
+        cached = np.load(labels_npy)
+        wrong = cached[::-1].copy() if damage == "shuffled-labels" else cached + 20
+        np.save(labels_npy, wrong)
+
+    # Execute: load again (from the cache, which must be found wrong), then once more
+    second = load_dataset("mnist", "test", tmp_path)
+    third = load_dataset("mnist", "test", tmp_path)
+
+    # Assert: the source's values, and the entry was rewritten correctly
+    assert np.array_equal(second.images.numpy()[:, 0], images.astype(np.uint8))
+    assert np.array_equal(second.labels.numpy(), labels)
+    assert np.array_equal(third.labels.numpy(), labels)
+    assert np.array_equal(np.load(labels_npy), labels)
+
+
 def test_incomplete_cache_entry_is_ignored(tmp_path: Path) -> None:
     # Prepare: arrays written but the JSON marker missing (a writer still running)
     entry = CacheEntry(tmp_path, "x-train-abc")

@@ -8,6 +8,11 @@ to reclaim space). Every file is written to a temporary name in the same folder
 and moved into place with :func:`os.replace`, so concurrent processes (e.g.
 several Ray workers loading at once) see either no file or a complete one; the
 JSON file is written last and marks an entry complete.
+
+The JSON file also holds a digest (BLAKE2b) of the decoded arrays' bytes;
+:meth:`CacheEntry.load` checks it, so an entry whose bytes were changed (a
+disk error, an edit, shuffled labels of the right size) is never used: it is
+removed and the source decoded again (:func:`fededge.data.loading.load_dataset`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CACHE_FORMAT", "CacheEntry", "cache_dir", "cache_key", "file_identity"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheEntry",
+    "arrays_digest",
+    "cache_dir",
+    "cache_key",
+    "file_identity",
+]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-"""Bump when decoding changes, so old entries are no longer used."""
+CACHE_FORMAT = 2
+"""Bump when decoding changes, so old entries are no longer used (2: digests in the JSON)."""
+
+
+def arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """Hex BLAKE2b of the images' and labels' bytes (with their shapes and dtypes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (images, labels):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -116,9 +137,26 @@ class CacheEntry:
             logger.warning("ignoring unreadable cache entry %s: %s", self.meta_path, exc)
             return None
         if images.dtype != np.uint8 or labels.dtype != np.int64 or not isinstance(meta, dict):
-            logger.warning("ignoring malformed cache entry %s", self.meta_path)
+            logger.warning("removing malformed cache entry %s", self.meta_path)
+            self.remove()
+            return None
+        if meta.get("digest") != arrays_digest(images, labels):
+            logger.warning(
+                "removing corrupt cache entry %s (its arrays do not match their digest); "
+                "decoding the source again",
+                self.meta_path,
+            )
+            self.remove()
             return None
         return images, labels, meta
+
+    def remove(self) -> None:
+        """Delete the entry's files (the JSON first: the entry is incomplete at once)."""
+        for path in (self.meta_path, self.images_path, self.labels_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("could not remove %s: %s", path, exc)
 
     def save(
         self,
@@ -131,7 +169,7 @@ class CacheEntry:
             self.directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.images_path, lambda fh: np.save(fh, images))
             _atomic_write(self.labels_path, lambda fh: np.save(fh, labels))
-            text = json.dumps(meta, indent=1).encode()
+            text = json.dumps({**meta, "digest": arrays_digest(images, labels)}, indent=1).encode()
             _atomic_write(self.meta_path, lambda fh: fh.write(text))
         except OSError as exc:
             logger.warning("could not cache %s in %s: %s", self.stem, self.directory, exc)

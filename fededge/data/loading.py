@@ -303,9 +303,16 @@ def _load_arrays(
     if cached is not None:
         images, labels, cached_meta = cached
         classes = tuple(cached_meta.get("classes", ()))
-        _verify(name, split, images, labels, classes, source.describe())
-        logger.info("%s %s: %d images from cache %s", name, split, len(labels), entry.images_path)
-        return images, labels, cached_meta
+        try:
+            _verify(name, split, images, labels, classes, f"cache entry {entry.meta_path}")
+        except DataError as exc:  # the cache is wrong, not the source: repair it
+            logger.warning("%s; removing it and decoding the source again", exc)
+            entry.remove()
+        else:
+            logger.info(
+                "%s %s: %d images from cache %s", name, split, len(labels), entry.images_path
+            )
+            return images, labels, cached_meta
     start = time.perf_counter()
     arrays = source.read()
     _verify(name, split, arrays.images, arrays.labels, arrays.classes, source.describe())
