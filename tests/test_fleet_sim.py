@@ -350,3 +350,43 @@ def test_after_sigkill_the_next_run_leaves_no_process_of_the_killed_one(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     time.sleep(1.0)
     assert not _leftovers(tmp_path, proc.pid), f"left after the kill: {left}"
+
+
+def test_poisoned_devices_in_a_ray_run_are_rejected_or_clipped_and_never_stop_it(
+    tmp_path: Path,
+) -> None:
+    # two honest devices, one sending NaN weights, one an update scaled 1000x
+    honest = GOLDEN[: GOLDEN.index("[[fleet.tiers]]")]
+    tiers = """
+[[fleet.tiers]]
+name = "honest"
+profile = "phone"
+count = 2
+[[fleet.tiers]]
+name = "nan-senders"
+profile = "phone"
+count = 1
+attack = "nan"
+[[fleet.tiers]]
+name = "scaled"
+profile = "phone"
+count = 1
+attack = "scale"
+attack_scale = 1000.0
+[server]
+min_replies = 1
+eval_instances = 2000
+"""
+    out = tmp_path / "out"
+    result = _run(tmp_path, honest + tiers, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices = pd.read_csv(out / "devices.csv")
+    by_tier = {tier: frame for tier, frame in devices.groupby("tier")}
+    assert set(by_tier["nan-senders"]["status"]) == {"rejected"}
+    assert by_tier["nan-senders"]["reason"].str.contains("NaN/Inf values").all()
+    assert set(by_tier["scaled"]["status"]) == {"ok"}
+    assert by_tier["scaled"]["reason"].str.startswith("clipped: update norm").all()
+    assert set(by_tier["honest"]["status"]) == {"ok"}
+    rounds = pd.read_csv(out / "rounds.csv")
+    # the global model stays finite (how much a defence keeps is bench/attack.py's question)
+    assert len(rounds) == 2 and rounds["loss"].notna().all() and (rounds["loss"] < 10).all()
