@@ -28,6 +28,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "clean": ("no attackers, FedAvg (default norm bound)", ['fleet.tiers[3].attack="none"']),
     "none": ("attackers, FedAvg, no defence", ["server.norm_bound=0.0"]),
     "norm-bound": ("attackers, FedAvg + norm bound 10x median (default)", []),
+    "norm-bound-2": ("attackers, FedAvg + norm bound 2x median", ["server.norm_bound=2.0"]),
     "median": ("attackers, coordinate-wise median", ['server.aggregation="median"']),
     "trimmed_mean": (
         "attackers, trimmed mean (20% each end)",

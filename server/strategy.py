@@ -3,16 +3,20 @@
 It keeps FedAvg's message construction and adds what a fleet of constrained
 devices needs:
 
-* aggregation weighted by instances *trained* (not arrived), over replies sorted
-  by device id, so the same seed gives the same model whatever order replies
-  arrive in; filter nets never leave their devices (only the main net is sent);
-* every reply is checked before aggregation: error replies, timeouts and
-  dropouts are counted; replies with NaN/Inf weights, wrong names or shapes,
-  or missing ledger keys are *rejected* and reported, never aggregated;
+* aggregation (:mod:`server.aggregation`: FedAvg weighted by instances
+  *trained*, or a robust rule) over replies sorted by device id, so the same
+  seed gives the same model whatever order replies arrive in; updates far
+  longer than the round's median are clipped or rejected; filter nets never
+  leave their devices (only the main net is sent);
+* every reply is checked before aggregation (:mod:`server.replies`): error
+  replies, timeouts and dropouts are counted; a reply that breaks the device
+  contract is *rejected* with the reason, never aggregated, and never raises;
+* a non-finite average, or a model that evaluates to a NaN loss, is rolled
+  back to the last good one;
 * a round with fewer than ``server.min_replies`` good replies is skipped and
   the global model kept; nothing stops the run;
 * central evaluation every ``eval_every`` rounds (and at the last round);
-* after each round the fleet report and a checkpoint (global weights, round)
+* after each round the fleet report and a checkpoint (:mod:`server.checkpoint`)
   are written, so ``--resume`` continues from the last completed round.
 """
 
@@ -24,18 +28,19 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from clients.transport import array_numpy
-from fededge.ledger import MAC_FIELDS, Ledger
 from fededge.report import FleetReport, device_row
 from fededge.scenario import Scenario
+from server.aggregation import aggregate, all_finite, update_norm
+from server.replies import Checked, ReplyChecker, device_id, device_names
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +49,6 @@ log = logging.getLogger(__name__)
 PULL_INTERVAL_S = (0.1, 0.5)
 #: Outstanding messages a pull may scan per second of waiting (sets the longer interval).
 PULL_SCANS_PER_S = 2000
-
-#: Metric keys every train reply must carry (the ledger minus the optional budget).
-REQUIRED_METRICS = (
-    *(k for k in Ledger.field_names() if k != "budget_macs"),
-    "num-examples",
-    "device-id",
-    "dropped",
-)
 
 
 class RunStopped(RuntimeError):
@@ -65,37 +62,6 @@ class RoundOutcome:
     server_round: int
     row: dict[str, Any]
     arrays: ArrayRecord
-
-
-@dataclass
-class Checked:
-    """A reply after its checks: ``problem`` (rejected) or what aggregation needs."""
-
-    problem: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
-    weight: float = 0.0  # in the average
-    device: int | None = None  # the device id it claims
-    names: tuple[str, str, str] | None = None  # (tier, profile, kind) it reports
-    foreign: bool = False  # a device on another stack (no ledger)
-
-
-def _device_id(value: object) -> int | None:
-    """A reply's ``device-id`` as an int, or None when it is not a whole finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or value != int(value):
-        return None
-    return int(value)
-
-
-def _device_names(record: ConfigRecord) -> tuple[str, str, str] | None:
-    """``(tier, profile, kind)`` of a reply's ``device`` record, None if incomplete."""
-    values = [record.get(key) for key in ("tier", "profile", "kind")]
-    if not all(isinstance(v, str) for v in values[:2]):
-        return None
-    kind = values[2] if values[2] in ("real", "simulated") else "simulated"
-    return str(values[0])[:64], str(values[1])[:64], str(kind)
 
 
 class FleetStrategy(FedAvg):
@@ -139,20 +105,23 @@ class FleetStrategy(FedAvg):
         self.on_round = on_round
         self.state_dir = state_dir
         self.stop = stop or threading.Event()
-        self.node_to_device: dict[int, int] = {}
+        self.checker = ReplyChecker(scenario, expected, train_size)
         # device -> (tier, profile, kind) as the device reported them (real devices differ)
         self.device_names: dict[int, tuple[str, str, str]] = {}
         #: How long round 1 waits for the fleet's nodes (a deployment sets it from its run config).
         self.device_wait_s = 900.0
         self._rows: list[dict[str, Any]] = []
         self._skipped = False
-        self._claimed: dict[int, int] = {}
-        self._global: dict[str, np.ndarray] | None = (
-            None  # the weights sent this round  # device -> node that replied for it this round
-        )
-        self._tiers = {tier.name: tier for tier in scenario.tiers}
-        #: Instances of the training split: bounds a backlog (``data.leftover = "queue"``).
-        self.train_size = train_size or 10**7
+        self._global: dict[str, np.ndarray] | None = None  # the weights sent this round
+
+    @property
+    def node_to_device(self) -> dict[int, int]:
+        """Node id -> device id (query phase, then first accepted replies)."""
+        return self.checker.node_to_device
+
+    @node_to_device.setter
+    def node_to_device(self, value: dict[int, int]) -> None:
+        self.checker.node_to_device = value
 
     # ------------------------------------------------------------ sampling
     def configure_train(
@@ -194,7 +163,7 @@ class FleetStrategy(FedAvg):
         """
         good: list[tuple[int, dict[str, np.ndarray], float]] = []
         rows: list[dict[str, Any]] = []
-        self._claimed = {}
+        self.checker.claimed = {}
         # replies in node order: which of two nodes claiming one device wins does not
         # depend on arrival order
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
@@ -211,7 +180,7 @@ class FleetStrategy(FedAvg):
                 )
                 continue
             try:
-                checked = self._check_reply(msg)
+                checked = self.checker.check(msg)
             except Exception as exc:  # a malformed reply, never the server's end
                 checked = Checked(f"unreadable reply: {type(exc).__name__}: {exc}"[:200])
             device = self._device_of(node, checked)
@@ -242,7 +211,7 @@ class FleetStrategy(FedAvg):
                 self.scenario.server.min_replies,
             )
             return None, None
-        return self._average(good), None
+        return aggregate(good, self.scenario.server), None
 
     def _device_of(self, node: int, checked: Checked) -> int:
         """The device a reply is from: the one this node is known as, else the one it claims.
@@ -280,7 +249,7 @@ class FleetStrategy(FedAvg):
         factor = self.scenario.server.norm_bound
         if not factor or self._global is None or len(good) < 2:
             return good
-        norms = [_update_norm(weights, self._global) for _, weights, _ in good]
+        norms = [update_norm(weights, self._global) for _, weights, _ in good]
         bound = factor * float(np.median(norms))
         if not bound > 0:
             return good
@@ -303,184 +272,6 @@ class FleetStrategy(FedAvg):
             row["reason"] = f"clipped: {what}"
             kept.append((device, clipped, weight))
         return kept
-
-    def _average(self, good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
-        """The aggregate of the good replies by ``server.aggregation`` (in device order)."""
-        good.sort(key=lambda item: item[0])
-        rule = self.scenario.server.aggregation
-        if rule in ("median", "trimmed_mean"):
-            from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-
-            beta = self.scenario.server.trim_fraction
-            out = {}
-            for name in good[0][1]:
-                stacked = np.stack([weights[name].astype(np.float64) for _, weights, _ in good])
-                out[name] = (
-                    np.median(stacked, axis=0) if rule == "median" else trim_mean(stacked, beta)
-                )
-            return _record(out)
-        if rule in ("krum", "multikrum"):
-            from flwr.serverapp.strategy.multikrum import select_multikrum
-
-            contents = [
-                RecordDict({"arrays": _record(weights), "metrics": MetricRecord({"i": i})})
-                for i, (_, weights, _) in enumerate(good)
-            ]
-            f = self.scenario.server.byzantine
-            select = 1 if rule == "krum" else max(1, len(good) - f)
-            chosen = select_multikrum(contents, f, select)
-            picked = {int(str(c.metric_records["metrics"]["i"])) for c in chosen}
-            good = [item for i, item in enumerate(good) if i in picked]
-        return self._weighted_mean(good)
-
-    @staticmethod
-    def _weighted_mean(good: list[tuple[int, dict[str, np.ndarray], float]]) -> ArrayRecord | None:
-        total = sum(weight for _, _, weight in good)
-        if total <= 0:
-            return None  # nobody trained: keep the global model
-        out: dict[str, np.ndarray] = {}
-        for _, arrays, weight in good:
-            for name, array in arrays.items():
-                value = array.astype(np.float64) * (weight / total)
-                if name in out:
-                    out[name] += value
-                else:
-                    out[name] = value
-        return _record(out)
-
-    def _check_reply(self, msg: Message) -> Checked:
-        """The checked reply: a problem (rejected), or its metrics and decoded weights."""
-        content = msg.content
-        if "metrics" not in content.metric_records:
-            return Checked("no metrics in reply")
-        metrics = {
-            k: v for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)
-        }
-        checked = Checked("", metrics=metrics, device=_device_id(metrics.get("device-id")))
-        if checked.device is not None and "device" in content.config_records:
-            checked.names = _device_names(content.config_records["device"])
-        missing = [k for k in REQUIRED_METRICS if k not in metrics]
-        if missing:
-            if self.scenario.server.foreign_devices == "accept" and "num-examples" in metrics:
-                return self._check_foreign(content, metrics)
-            hint = (
-                ""
-                if self.scenario.server.foreign_devices == "accept"
-                else ' (a device on another stack? server.foreign_devices = "accept" takes '
-                "weights and num-examples; see docs/device-contract.md)"
-            )
-            checked.problem = f"ledger keys missing: {', '.join(missing[:5])}{hint}"
-            return checked
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            checked.problem = f"non-finite metrics: {', '.join(bad[:5])}"
-            return checked
-        if metrics["num-examples"] < 0:
-            checked.problem = "negative num-examples"
-            return checked
-        checked.problem = self._identity_problem(msg.metadata.src_node_id, checked)
-        if not checked.problem and not metrics["dropped"]:
-            checked.problem = self._ledger_problem(metrics, checked.names)
-        if checked.problem or metrics["dropped"]:
-            return checked
-        checked.problem, checked.weights = self._check_weights(content)
-        checked.weight = float(metrics["num-examples"])
-        return checked
-
-    def _identity_problem(self, node: int, checked: Checked) -> str:
-        """A reply must come from the device this node said it is, once per round."""
-        device = checked.device
-        if device is None or not 0 <= device < self.scenario.num_devices:
-            claimed, last = checked.metrics.get("device-id"), self.scenario.num_devices - 1
-            return f"device-id {claimed!r} is not a device of the fleet (0..{last})"
-        known = self.node_to_device.get(node)
-        if known is not None and known != device:
-            return f"device-id {device}, but this node is device {known}"
-        owner = self._claimed.get(device)
-        if owner is not None and owner != node:
-            return f"device {device} already replied this round (from another node)"
-        self._claimed[device] = node
-        if checked.names is not None and checked.names[0] not in self._tiers:
-            return f"unknown tier {checked.names[0]!r}"
-        return ""
-
-    def _ledger_problem(self, metrics: dict[str, float], names: tuple[str, str, str] | None) -> str:
-        """What makes a ledger impossible for this device and round ("" when plausible)."""
-        negative = [k for k in REQUIRED_METRICS if metrics[k] < 0 and k != "device-id"]
-        if negative:
-            return f"negative ledger values: {', '.join(negative[:5])}"
-        trained, streamed, arrived = metrics["trained"], metrics["streamed"], metrics["arrived"]
-        if metrics["num-examples"] != trained:
-            return f"num-examples {metrics['num-examples']:g} differs from trained {trained:g}"
-        if not trained <= streamed <= arrived:
-            return f"trained {trained:g} <= streamed {streamed:g} <= arrived {arrived:g} fails"
-        if metrics["filtered_out"] > streamed:
-            return f"filtered_out {metrics['filtered_out']:g} > streamed {streamed:g}"
-        device = int(metrics["device-id"])
-        tier = self._tiers.get(names[0]) if names else None
-        tier = tier or self.scenario.tier_of(device)
-        cap = self._arrivals_cap(tier.arrivals_per_round)
-        if arrived > cap:
-            return f"arrived {arrived:g} > {cap:g}, the most a device of tier {tier.name!r} gets"
-        spent = sum(metrics[k] for k in MAC_FIELDS)
-        budget = float(metrics.get("budget_macs", math.inf))
-        if spent > budget * (1 + 1e-9):
-            return f"spent {spent:.4g} MACs > its budget {budget:.4g}"
-        simulated = names is None or names[2] == "simulated"
-        if simulated and budget > tier.budget_macs * (1 + 1e-9):
-            return f"budget {budget:.4g} MACs > tier {tier.name!r}'s {tier.budget_macs:.4g}"
-        return ""
-
-    def _arrivals_cap(self, rate: int) -> float:
-        """The most instances a device can have arrived in one round."""
-        data = self.scenario.data
-        if data.leftover == "queue":  # a backlog can hold what the partition holds
-            return float(self.train_size * data.passes)
-        if data.arrival_process == "poisson":  # beyond 10 sigma: never drawn
-            return rate + 10 * math.sqrt(rate) + 10
-        return float(rate)
-
-    def _check_foreign(self, content: RecordDict, metrics: dict[str, float]) -> Checked:
-        """A reply of a device on another stack: weights and ``num-examples`` only.
-
-        Its weight in the average is its ``num-examples``, at most the most
-        instances a fleet device receives in a round (a foreign device cannot
-        outweigh the fleet by claiming more).
-        """
-        checked = Checked("", metrics={}, foreign=True)
-        examples = metrics["num-examples"]
-        if not (math.isfinite(examples) and examples >= 0):
-            checked.problem = f"num-examples must be a number >= 0, got {examples!r}"
-            return checked
-        checked.problem, checked.weights = self._check_weights(content)
-        cap = max(tier.arrivals_per_round for tier in self.scenario.tiers)
-        checked.weight = float(min(examples, cap))
-        checked.metrics = {"num-examples": checked.weight}
-        return checked
-
-    def _check_weights(self, content: RecordDict) -> tuple[str, dict[str, np.ndarray]]:
-        """``(problem or "", weights)``: exactly the names, shapes and dtype sent, finite."""
-        if "arrays" not in content.array_records:
-            return "no weights in reply", {}
-        record = content.array_records["arrays"]
-        names = set(record.keys())
-        if names != set(self.expected):
-            extra, lost = names - set(self.expected), set(self.expected) - names
-            return (
-                f"weight names differ (unexpected {sorted(extra)[:3]}, missing {sorted(lost)[:3]})",
-                {},
-            )
-        weights: dict[str, np.ndarray] = {}
-        for name, shape in self.expected.items():
-            array = record[name]
-            if tuple(array.shape) != shape:
-                return f"weight {name} has shape {tuple(array.shape)}, expected {shape}", {}
-            weights[name] = array_numpy(array)
-            if weights[name].dtype != np.float32:
-                return f"weight {name} has dtype {weights[name].dtype}, expected float32", {}
-            if not np.isfinite(weights[name]).all():
-                return f"weight {name} has NaN/Inf values", {}
-        return "", weights
 
     def _row(
         self,
@@ -566,12 +357,12 @@ class FleetStrategy(FedAvg):
         for msg in replies:
             if msg.has_error() or "metrics" not in msg.content.metric_records:
                 continue
-            device = _device_id(msg.content.metric_records["metrics"].get("device-id"))
+            device = device_id(msg.content.metric_records["metrics"].get("device-id"))
             if device is None or not 0 <= device < self.scenario.num_devices:
                 continue
             self.node_to_device[msg.metadata.src_node_id] = device
             if "device" in msg.content.config_records:  # real devices report it here first
-                names = _device_names(msg.content.config_records["device"])
+                names = device_names(msg.content.config_records["device"])
                 if names is not None:
                     self.device_names[device] = names
             known += 1
@@ -621,7 +412,7 @@ class FleetStrategy(FedAvg):
                     )
             skipped = self._skipped
             rolled_back = False
-            if new_arrays is not None and not _all_finite(new_arrays):
+            if new_arrays is not None and not all_finite(new_arrays):
                 # finite replies can still average to Inf after the float32 cast
                 log.warning("round %d: the average is not finite; global model kept", server_round)
                 new_arrays, rolled_back = None, True
@@ -667,25 +458,3 @@ def short_reason(reason: str, limit: int = 200) -> str:
     last = last.removeprefix("Exception ClientAppException occurred. Message:").strip()
     last = last.removesuffix("'>").strip()
     return last if len(last) <= limit else last[: limit - 3] + "..."
-
-
-def _update_norm(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
-    """L2 length of ``weights - reference`` over every array."""
-    total = sum(
-        float(np.sum((v.astype(np.float64) - reference[k]) ** 2)) for k, v in weights.items()
-    )
-    return math.sqrt(total)
-
-
-def _all_finite(record: ArrayRecord) -> bool:
-    """True when every array of ``record`` is finite."""
-    return all(np.isfinite(array_numpy(array)).all() for array in record.values())
-
-
-def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord of float32 copies, in the given order."""
-    from flwr.app import Array
-
-    return ArrayRecord(
-        {name: Array(np.ascontiguousarray(v, dtype=np.float32)) for name, v in arrays.items()}
-    )

@@ -13,7 +13,7 @@ import clients.app as client_module
 from clients import state as device_state
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.scenario import parse_scenario
-from server.strategy import REQUIRED_METRICS
+from server.replies import REQUIRED_METRICS
 
 SCENARIO = """
 [run]

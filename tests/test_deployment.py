@@ -562,7 +562,7 @@ def test_installed_fededge_assembles_its_flower_app(tmp_path: Path) -> None:
 
 
 def test_device_contract_lists_every_key_a_reply_must_hold() -> None:
-    from server.strategy import REQUIRED_METRICS
+    from server.replies import REQUIRED_METRICS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "device-contract.md").read_text()
     missing = [key for key in REQUIRED_METRICS if f"`{key}`" not in doc]
