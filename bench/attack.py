@@ -46,6 +46,7 @@ def run_arm(arm: str, out: Path, rounds: int | None) -> dict[str, object]:
     """One ``fededge run`` of an arm; its summary and defence counts."""
     overrides = list(ARMS[arm][1]) + ([f"run.rounds={rounds}"] if rounds else [])
     cmd = [sys.executable, "-m", "fededge.cli", "run", str(SCENARIO), "--out", str(out), "-q"]
+    cmd.append("--move-aside")  # a re-run keeps the previous one as <arm>.old-N
     for item in overrides:
         cmd += ["--set", item]
     started = time.perf_counter()

@@ -250,7 +250,7 @@ def machine_memory_mb() -> float:
 def _dataset(s: CalibrationSettings) -> ImageDataset:
     """The dataset's training split, or random pixels of its shape (4 batches' worth)."""
     if s.real_data:
-        return load_dataset(s.dataset, "train", s.data_dir)
+        return load_dataset(s.dataset, "train", s.data_dir, download=False)
     info = dataset_info(s.dataset, s.data_dir)
     generator = torch.Generator().manual_seed(s.seed)
     n = 4 * s.batch_size

@@ -58,6 +58,12 @@ def _add_run(sub: Any) -> None:
         help="continue from the last completed round in the output folder",
     )
     p.add_argument(
+        "--move-aside",
+        action="store_true",
+        help="when the output folder already holds a run, rename it to DIR.old-N first "
+        "(without it such a folder is refused)",
+    )
+    p.add_argument(
         "--ray-address",
         default=None,
         metavar="HOST:PORT",
@@ -86,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"simulation.threads_per_client={int(args.threads_per_client)}")
     scenario = load_scenario(args.scenario, overrides)
     out_dir = args.out or scenario.output_dir()
-    _check_output_dir(out_dir, scenario.digest, resume=args.resume)
+    check_data(scenario)  # before anything is created or started
+    _check_output_dir(out_dir, scenario.digest, resume=args.resume, move_aside=args.move_aside)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(scenario.text)
     print(
@@ -132,12 +139,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output_dir(out_dir: Path, digest: str, *, resume: bool) -> None:
-    """With ``--resume``: everything the resume needs is there and belongs to this run."""
+def check_data(scenario: Any) -> None:
+    """Both splits of the scenario's dataset are there (or may be downloaded): else exit 2."""
+    from fededge.data.loading import locate
+    from fededge.errors import ConfigError, ConfigIssue, DataError
+    from fededge.scenario import data_dir_of
+
+    data = scenario.data
+    for split in ("train", "test"):
+        try:
+            locate(data.dataset, split, data_dir_of(scenario))
+        except DataError as exc:
+            if data.download and data.data_dir is None:
+                return  # asked for: the run downloads it
+            field = "data.data_dir" if data.data_dir is not None else "data.dataset"
+            raise ConfigError([ConfigIssue(field, str(exc))]) from None
+
+
+#: Files that mark a folder as holding a run (a finished or an interrupted one).
+RUN_MARKERS = ("summary.json", "rounds.parquet", "rounds.csv", "checkpoint", "device_state")
+
+
+def _check_output_dir(
+    out_dir: Path, digest: str, *, resume: bool, move_aside: bool = False
+) -> None:
+    """The output folder is fit for this run: never overwrite (or mix in) another run.
+
+    With ``--resume`` everything the resume needs must be there and belong to
+    this scenario (:func:`server.checkpoint.verify_checkpoint`). Without it, a
+    folder that already holds a run is refused (exit 2), or with
+    ``--move-aside`` renamed to ``<out>.old-N`` first; nothing in it is changed.
+    """
+    from fededge.errors import ConfigError, ConfigIssue
+
     if resume:
         from server.checkpoint import verify_checkpoint
 
         verify_checkpoint(out_dir, digest)
+        return
+    found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
+    if not found:
+        return
+    if move_aside:
+        from fededge.sweep import move_aside as rename
+
+        print(f"moved the run in {out_dir} aside to {rename(out_dir, 'old')}", file=sys.stderr)
+        return
+    raise ConfigError(
+        [
+            ConfigIssue(
+                "--out",
+                f"{out_dir} already holds a run ({', '.join(found)}): nothing was changed; "
+                "continue it with --resume, choose another --out, or pass --move-aside to "
+                f"rename it to {out_dir}.old-N first",
+            )
+        ]
+    )
 
 
 def _add_train(sub: Any) -> None:

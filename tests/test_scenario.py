@@ -193,3 +193,37 @@ def test_console_command_help_version_and_bad_file() -> None:
     assert version.stdout.startswith("fededge ")
     bad = subprocess.run([*exe, "run", "/nonexistent.toml"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        (['data.data_dir="/nope/never"'], "data.data_dir", "does not exist"),
+        (["data.data_dir=EMPTY"], "data.data_dir", "no mnist train data found"),
+    ],
+)
+def test_missing_data_fails_fast_before_anything_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    field: str,
+    message: str,
+) -> None:
+    import time
+
+    from fededge.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = tmp_path / "s.toml"
+    path.write_text(Path("scenarios/quickstart.toml").read_text())
+    out = tmp_path / "out"
+    args = ["run", str(path), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item.replace("EMPTY", f'"{empty}"')]
+    started = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - started < 5
+    err = capsys.readouterr().err
+    assert field in err and message in err and "Traceback" not in err
+    assert not out.exists()  # nothing created, Ray never started

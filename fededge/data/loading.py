@@ -235,7 +235,7 @@ def _resolve(name: str, split: Split, data_dir: str | Path | None, download: boo
         found = _find_in(name, split, root)
         if found is not None:
             return found
-    if name == "mnist":
+    if name == "mnist" and data_dir is None:  # a data_dir given is where the data must be
         store = _pureml_mnist_store()
         if store is not None:
             return ZarrMnistSource(store, split)
@@ -369,13 +369,24 @@ def _imagefolder_normalisation(
     return train_meta["mean"], train_meta["std"]
 
 
+def locate(name: str, split: Split, data_dir: str | Path | None = None) -> str:
+    """Where ``name``/``split`` would be read from, without reading or downloading it.
+
+    Raises
+    ------
+    DataError
+        The same as :func:`load_dataset` with ``download=False`` when there is no local copy.
+    """
+    return _resolve(check_name(name), check_split(split), data_dir, download=False).describe()
+
+
 def load_dataset(
     name: str,
     split: Split,
     data_dir: str | Path | None = None,
     *,
     augment: bool | None = None,
-    download: bool = True,
+    download: bool = False,
 ) -> ImageDataset:
     """Load one split of a dataset as an :class:`ImageDataset`.
 
@@ -391,9 +402,10 @@ def load_dataset(
     augment : bool, optional
         Random 4-pixel-padded crop and horizontal flip on every draw. Default:
         on for the CIFAR-10 train split, off otherwise.
-    download : bool, default True
+    download : bool, default False
         Let torchvision download the data into ``<cache_dir>/data`` when no
-        local copy is found (not used for ``"imagefolder"``).
+        local copy is found (not used for ``"imagefolder"``). Nothing downloads
+        unless asked (``data.download = true`` in a scenario).
 
     Returns
     -------
