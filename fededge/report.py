@@ -151,6 +151,8 @@ class FleetReport:
         self._plots_behind = False
         self.rounds: list[dict[str, Any]] = []
         self.devices: list[dict[str, Any]] = []
+        #: What produced the run (:func:`fededge.provenance.provenance`), in summary.json.
+        self.provenance: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- rounds
     def add_round(
@@ -247,7 +249,7 @@ class FleetReport:
         """Final (latest) totals as a flat dict."""
         rounds = self.rounds_frame()
         if rounds.empty:
-            return {"name": self.name, "rounds": 0}
+            return {"name": self.name, "rounds": 0, "provenance": self.provenance}
         last = rounds.iloc[-1]
         acc = rounds["accuracy"].dropna()
         return {
@@ -274,6 +276,7 @@ class FleetReport:
             "skipped_rounds": int(rounds["skipped"].sum()),
             "wall_s": float(rounds["wall_s"].sum()),
             "tiers": self.tiers_frame().to_dict(orient="records"),
+            "provenance": self.provenance,
         }
 
     # --------------------------------------------------------------- files

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.transport import record_tensors
 from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
+from fededge.provenance import provenance
 from fededge.report import FleetReport, atomic_write_text
 from fededge.scenario import Scenario
 from server.checkpoint import load_checkpoint, new_run_id, save_checkpoint
@@ -51,12 +52,18 @@ def run_server(
     initial = ArrayRecord(transported_weights(runtime.main_net, runtime.weight_names))
     report = FleetReport(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
     run_id = new_run_id()
+    earlier: dict[str, object] | None = None
     if resume:  # everything it needs is verified first (exit 2 naming what is wrong)
         done, run_id, arrays = load_checkpoint(out_dir, scenario.digest)
         report = FleetReport.load(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
         report.truncate(done)
+        earlier = _earlier_provenance(out_dir)
         initial, start_round = arrays, done + 1
         log.info("resuming %s (run %s) after round %d", scenario.run.name, run_id, done)
+
+    report.provenance = {"run_id": run_id, **provenance(scenario)}
+    if earlier is not None:  # a resumed run says what it continues
+        report.provenance["resumes"] = earlier
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> tuple[float, float]:
         return runtime.evaluate(record_tensors(arrays))
@@ -105,6 +112,15 @@ def run_server(
         finally:
             report.flush()  # plots of the last rounds
     return report
+
+
+def _earlier_provenance(out_dir: Path) -> dict[str, object] | None:
+    """The provenance in ``out_dir``'s summary.json (the run a resume continues), if any."""
+    try:
+        earlier = json.loads((out_dir / "summary.json").read_text()).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
 
 
 def make_server_app(

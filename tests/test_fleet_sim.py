@@ -390,3 +390,30 @@ eval_instances = 2000
     rounds = pd.read_csv(out / "rounds.csv")
     # the global model stays finite (how much a defence keeps is bench/attack.py's question)
     assert len(rounds) == 2 and rounds["loss"].notna().all() and (rounds["loss"] < 10).all()
+
+
+def test_a_result_folder_is_enough_to_rerun_it(tmp_path: Path) -> None:
+    import json
+
+    first = tmp_path / "first"
+    result = _run(
+        tmp_path, GOLDEN.replace("rounds = 2", "rounds = 1"), first, "--set", "run.seed=3"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    prov = json.loads((first / "summary.json").read_text())["provenance"]
+    assert set(prov["versions"]) >= {"fededge", "flwr", "torch", "ray", "numpy", "python"}
+    assert prov["seed"] == 3 and "run.seed=3" in prov["command"]
+    assert prov["scenario"]["text"] == (first / "scenario.toml").read_text()
+    assert prov["scenario"]["resolved"]["savers"]["eif"]["target_ratio"] == 0.25
+    assert prov["machine"]["cpus"] and prov["run_id"]
+    if (ROOT / ".git").exists():
+        assert len(prov["git"]["commit"]) == 40
+    # rerun from the folder alone: its scenario.toml holds the overrides
+    again = tmp_path / "again"
+    cmd = [sys.executable, "-m", "fededge.cli", "run", str(first / "scenario.toml")]
+    rerun = subprocess.run(
+        [*cmd, "--out", str(again)], capture_output=True, text=True, env=_env(tmp_path), timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for a, b in zip(_tables(first), _tables(again), strict=True):
+        pd.testing.assert_frame_equal(a, b)
