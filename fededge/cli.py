@@ -229,6 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``fededge train``: one device, one stream, printed ledger and test accuracy."""
     from fededge.single import train_single
 
+    _check_train_args(args)
     result = train_single(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -248,6 +249,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(result.table())
     return 0
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Every out-of-range option of ``fededge train`` at once (exit 2, no traceback)."""
+    import math
+
+    from fededge.errors import ConfigError, ConfigIssue
+
+    rules = [
+        ("--epochs", args.epochs, math.isfinite(args.epochs) and args.epochs > 0, "a number > 0"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a number > 0"),
+        ("--momentum", args.momentum, 0 <= args.momentum < 1, "in [0, 1)"),
+        ("--weight-decay", args.weight_decay, args.weight_decay >= 0, "a number >= 0"),
+        ("--keep-ratio", args.keep_ratio, 0 < args.keep_ratio <= 1, "in (0, 1]"),
+        ("--target-ratio", args.target_ratio, 0 < args.target_ratio < 1, "in (0, 1)"),
+        ("--threads", args.threads, args.threads is None or args.threads >= 1, "an integer >= 1"),
+    ]
+    issues = [
+        ConfigIssue(flag, f"must be {want}, got {value}")
+        for flag, value, ok, want in rules
+        if not ok
+    ]
+    if issues:
+        raise ConfigError(issues)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         code = handler(args)
+    except BrokenPipeError:  # `fededge compare ... | head`: the reader left; so do we, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except FedEdgeError as exc:
         print(f"fededge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -366,7 +366,29 @@ def cmd_register(args: argparse.Namespace) -> int:
     cmd = [program("flwr"), "supernode", "register", str(args.public_key), connection]
     if args.name:
         cmd += ["--name", args.name]
-    return subprocess.run(cmd, env=flower_env(args.dir / "flwr"), check=False).returncode
+    done = subprocess.run(
+        cmd, env=flower_env(args.dir / "flwr"), check=False, capture_output=True, text=True
+    )
+    output = f"{done.stdout or ''}{done.stderr or ''}"
+    if done.returncode == 0:
+        print(output.strip())
+        return 0
+    if "code: 23" in output or "already" in output.lower():
+        raise ConfigError(
+            [ConfigIssue(str(args.public_key), "is already registered with this SuperLink")]
+        )
+    if "403" in output:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "--superlink",
+                    "the SuperLink refused (403): register on the server machine, through the "
+                    "operator address `fededge deploy superlink` recorded (no --superlink)",
+                )
+            ]
+        )
+    print(output.strip(), file=sys.stderr)
+    return done.returncode
 
 
 # ------------------------------------------------------------------ devices

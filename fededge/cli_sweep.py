@@ -197,6 +197,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     folder: Path = args.folder
     if args.target is not None and not 0 < args.target <= 1:
         raise ConfigError([ConfigIssue("--target", f"must be in (0, 1], got {args.target}")])
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(
+            [ConfigIssue(str(folder), f"{what}: pass the --out folder of fededge run or compare")]
+        )
     if (folder / MANIFEST).exists():
         _print_comparison(render_compare(folder, target_accuracy=args.target))
         return 0

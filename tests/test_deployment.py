@@ -314,9 +314,9 @@ def test_insecure_mode_prints_a_warning_and_records_the_connection(
 
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(cmd: list[str], env: dict[str, str], check: bool) -> Any:
+    def fake_run(cmd: list[str], env: dict[str, str], check: bool, **kwargs: Any) -> Any:
         calls.append((cmd, env))
-        return type("Done", (), {"returncode": 0})()
+        return type("Done", (), {"returncode": 0, "stdout": "registered", "stderr": ""})()
 
     monkeypatch.setattr(cli_deploy.subprocess, "run", fake_run)
     key = tmp_path / "device-0.pub"
@@ -399,6 +399,7 @@ def test_network_reaches_only_the_fleet_api_and_devices_keep_their_own_state(
         # the operator, on the server machine, registers two devices through the loopback
         for device in (0, 1):
             deployment.register(keys / f"device-{device}.pub")
+        twice = deployment.register(keys / "device-0.pub", check=False)
         for device, home in zip((0, 1), homes, strict=True):
             deployment.start_device(
                 device, "--threads", "1", "--poll", "0.2", "--state-dir", "state",
@@ -413,6 +414,8 @@ def test_network_reaches_only_the_fleet_api_and_devices_keep_their_own_state(
         assert "403" in outsider_register.stdout + outsider_register.stderr
         assert outsider_run.returncode != 0
         assert "403" in outsider_run.stdout + outsider_run.stderr
+        # a key registered twice: a one-line error, not Flower's raw code
+        assert twice.returncode == 2 and "is already registered" in twice.stderr, twice.stderr
         # the key the outsider tried to register lets no device in
         assert intruder.process.returncode != 0, intruder.output()
         assert "Failed to activate SuperNode" in intruder.output(), intruder.output()

@@ -227,3 +227,46 @@ def test_missing_data_fails_fast_before_anything_starts(
     err = capsys.readouterr().err
     assert field in err and message in err and "Traceback" not in err
     assert not out.exists()  # nothing created, Ray never started
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["train", "--epochs", "-1"], "--epochs: must be a number > 0, got -1.0"),
+        (["train", "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+        (["train", "--lr", "nan"], "--lr: must be a number > 0"),
+        (["report", "/nope/never"], "/nope/never: does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_clear_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], args: list[str], named: str
+) -> None:
+    from fededge.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    import subprocess
+    import sys
+
+    # a command printing many lines into a reader that leaves after the first one
+    program = (
+        "import fededge.cli as c\n"
+        "def chatty(args):\n"
+        "    for i in range(200000):\n"
+        "        print('line', i)\n"
+        "    return 0\n"
+        "c.cmd_train = chatty\n"
+        "raise SystemExit(c.main(['train']))\n"
+    )
+    cmd = [sys.executable, "-c", program]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"line 0\n"
+        proc.stdout.close()  # the reader leaves
+        err = proc.stderr.read().decode()
+        code = proc.wait(60)
+    assert code == 0 and "BrokenPipeError" not in err and "Traceback" not in err, err
