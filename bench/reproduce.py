@@ -1,4 +1,4 @@
-"""Reproduce the paper's single-device results on this machine (PAPER.md §5).
+"""Reproduce the paper's single-device results on this machine (docs/method.md §5).
 
 Measures, for each arm (plain SGD, EIF, EMP, EIF+EMP, and any of them with
 8-bit training, ``+q``) trained from scratch on the same seeded stream with the
@@ -59,7 +59,7 @@ from fededge.single import SingleResult, train_single
 
 ARMS = ("none", "eif", "emp", "eif+emp", "eif+emp+q")
 SAVERS = ("eif", "emp", "q")  # an arm is "none" or a "+"-joined subset of these
-PAPER = {  # PAPER.md §5: (SGD accuracy, EIF+EMP saving, EIF+EMP accuracy, with 8-bit)
+PAPER = {  # docs/method.md §5: (SGD accuracy, EIF+EMP saving, EIF+EMP accuracy, with 8-bit)
     "lenet": {"none": "99.23", "eif+emp": "78.60% -> 99.47", "eif+emp+q": "not reported"},
     "cifar": {
         "none": "93.57 (ResNet-110)",
@@ -73,7 +73,7 @@ PAPER = {  # PAPER.md §5: (SGD accuracy, EIF+EMP saving, EIF+EMP accuracy, with
 #: (lr 0.01, momentum 0.5) takes small steps: a plain mean over the kept instances
 #: gave 98.72% where the default masked loss (``streamed``) gave 98.26% (README).
 SUITE_EIF: dict[str, dict[str, object]] = {"lenet": {"loss_norm": "kept"}, "cifar": {}}
-#: Mini-batch size of each suite's schedule (PAPER.md §5).
+#: Mini-batch size of each suite's schedule (docs/method.md §5).
 BATCH = {"lenet": 64, "cifar": 128}
 CONVERSION = (
     "32-bit-eq: a MAC of a-bit x b-bit operands costs a*b/32^2 of a 32x32 MAC "

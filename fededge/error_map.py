@@ -1,6 +1,6 @@
 """Error map pruning (EMP): a channel-pruned backward pass for convolutions.
 
-Wu et al. 2020 (``PAPER.md`` §2). In the backward pass of every pruned
+Wu et al. 2020 (``docs/method.md`` §2). In the backward pass of every pruned
 ``nn.Conv2d`` the error map δ = ∂L/∂out, shape (N, C_out, H_out, W_out), is
 scored per output channel j, once per mini-batch, and only the top
 k = ⌈α·C_out⌉ channels are back-propagated (α = ``keep_ratio``). For the other

@@ -3,7 +3,7 @@
 Unit: **MACs** (multiply-accumulates) everywhere. One multiply-accumulate counts 1;
 a lone elementwise add or multiply also counts 1. (FLOPs ≈ 2 x MACs for the
 convolution and matrix products; ``torch.utils.flop_counter`` reports those FLOPs.)
-The paper (Wu et al. 2020, §4 of ``PAPER.md``) counted with THOP, which also counts
+The paper (Wu et al. 2020, §4 of ``docs/method.md``) counted with THOP, which also counts
 MACs; we follow THOP's conventions where it has one and say where we depart.
 
 Costs are per **instance** (one input image) and split three ways, because the

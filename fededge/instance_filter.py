@@ -1,6 +1,6 @@
 """Early instance filter (EIF): self-supervised selection of high-loss instances.
 
-PAPER.md §1 (Wu et al., 2020, Eq. 1-7). A small, separate *filter net* reads the
+docs/method.md §1 (Wu et al., 2020, Eq. 1-7). A small, separate *filter net* reads the
 raw input before the main net runs and predicts, per instance, whether the main
 net's loss will be high (H) or low (L). Only predicted-H instances are trained
 on. The filter learns online from labels the main net provides for free:

@@ -3,7 +3,7 @@
 One unit throughout: MACs (multiply-accumulates, see :mod:`fededge.flops`).
 Ledgers add up (device -> tier -> fleet) with ``+``.
 
-Saving is defined as in the paper (PAPER.md §4)::
+Saving is defined as in the paper (docs/method.md §4)::
 
     computation_saved = 1 - spent_macs / baseline_macs
 
@@ -49,7 +49,7 @@ class Ledger:
     streamed : instances the training loop looked at (filter or main net).
     filtered_out : instances the early instance filter dropped (no backward).
     uncertainty_sampled : dropped instances still run forward through the main
-        net to label them for the filter (PAPER.md §1, Eq. 4-5).
+        net to label them for the filter (docs/method.md §1, Eq. 4-5).
     trained : instances that went through the main net's forward and backward.
     unprocessed : arrivals left untouched because the budget ran out.
     steps : optimizer steps of the main net.

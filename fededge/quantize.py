@@ -1,6 +1,6 @@
 """8-bit training as a saver: Banner et al. 2018, simulated by fake quantization.
 
-PAPER.md §3: the paper's "96%" results combine EIF and EMP with the 8-bit training
+docs/method.md §3: the paper's "96%" results combine EIF and EMP with the 8-bit training
 scheme of Banner, Hubara, Hoffer and Soudry, *Scalable methods for 8-bit training
 of neural networks* (NeurIPS 2018). This CPU has no int8 training kernels, so the
 scheme is **simulated** in float32 by quantize-dequantize ("fake quantization"):

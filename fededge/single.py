@@ -2,7 +2,7 @@
 
 Used by ``fededge train`` and by the reproduction benchmarks: the paper's
 setting is a single device training from scratch on the shuffled training set,
-streamed batch after batch (PAPER.md §Setting).
+streamed batch after batch (docs/method.md §Setting).
 """
 
 from __future__ import annotations
