@@ -436,9 +436,9 @@ def render_compare(
     tiers = tier_table(manifest, results)
     h2h = head_to_head(variants, tiers)
     lines = tuple(findings(h2h, target))
-    atomic_write_frame(variants, out / "variants.csv")
-    atomic_write_frame(tiers, out / "tiers.csv")
-    atomic_write_frame(h2h, out / "head_to_head.csv")
+    for frame, stem in ((variants, "variants"), (tiers, "tiers"), (h2h, "head_to_head")):
+        atomic_write_frame(frame, out / f"{stem}.csv")
+        atomic_write_frame(frame, out / f"{stem}.parquet")  # exact types for pandas users
     if plots:
         from fededge.plots import compare_plots
 

@@ -9,7 +9,7 @@ file, then rename, so a crash never leaves a half-written table):
   time and energy;
 * ``devices.csv`` / ``devices.parquet`` -- one row per device and round: the
   device's ledger, status (ok / dropped / failed / rejected), real or simulated;
-* ``tiers.csv`` -- cumulative totals per tier;
+* ``tiers.csv`` / ``tiers.parquet`` -- cumulative totals per tier;
 * ``summary.json`` -- the final (or latest) totals;
 * ``accuracy.png``, ``macs.png``, ``saving_per_tier.png``.
 
@@ -288,6 +288,7 @@ class FleetReport:
             atomic_write_frame(frame, out / f"{stem}.csv")
             atomic_write_frame(frame, out / f"{stem}.parquet")
         atomic_write_frame(tiers, out / "tiers.csv")
+        atomic_write_frame(tiers, out / "tiers.parquet")
         atomic_write_text(
             out / "summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n"
         )

@@ -426,6 +426,7 @@ def test_render_compare_writes_self_contained_report(finished_sweep: SweepPlan) 
     comparison = render_compare(out)
 
     for name in ("variants.csv", "tiers.csv", "head_to_head.csv", "report.md"):
+        assert (out / name.replace(".csv", ".parquet")).exists() or name.endswith(".md")
         assert (out / name).exists(), name
     assert len(pd.read_csv(out / "tiers.csv")) == 4 * 3
     page = _Page()
