@@ -203,9 +203,16 @@ def _add_train(sub: Any) -> None:
         help="train one device on a stream, no Flower (quick look at the savers)",
         description="Stream a dataset through the local training loop and print the ledger.",
     )
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--model", default="lenet5")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=["mnist", "fashion-mnist", "cifar10", "imagefolder"],
+        help="dataset to stream",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="folder with the dataset (MNIST needs none: bundled)"
+    )
+    p.add_argument("--model", default="lenet5", help="main net (lenet5, resnetN, vgg16, ...)")
     p.add_argument("--filter", default=None, help="filter net (default: by dataset)")
     p.add_argument(
         "--savers",
@@ -214,14 +221,14 @@ def _add_train(sub: Any) -> None:
         help="q: 8-bit training (fededge.quantize)",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.5)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=64, help="streamed mini-batch size")
+    p.add_argument("--lr", type=float, default=0.01, help="main net's learning rate")
+    p.add_argument("--momentum", type=float, default=0.5, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
     p.add_argument("--keep-ratio", type=float, default=0.5, help="EMP keep ratio alpha")
     p.add_argument("--target-ratio", type=float, default=0.2, help="EIF R_set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seeds the stream, nets and draws")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(handler=cmd_train)
 
 
@@ -288,7 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)
+    _show_defaults(parser)
     return parser
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings:
+            return text
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use :class:`DefaultsHelpFormatter` in ``parser`` and every subcommand's parser."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 _SUBCOMMANDS: list[Callable[[Any], None]] = [

@@ -27,10 +27,16 @@ def add_calibrate(sub: Any) -> None:
         "--base", default=None, help="catalog profile giving power, memory and links (e.g. rpi4)"
     )
     p.add_argument("--power-w", type=float, default=None, help="average power while training (W)")
-    p.add_argument("--memory-mb", type=float, default=None)
-    p.add_argument("--uplink-mbps", type=float, default=None)
-    p.add_argument("--downlink-mbps", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--memory-mb", type=float, default=None, help="the device's memory (default: --base's)"
+    )
+    p.add_argument(
+        "--uplink-mbps", type=float, default=None, help="upload speed (default: --base's)"
+    )
+    p.add_argument(
+        "--downlink-mbps", type=float, default=None, help="download speed (default: --base's)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="training mini-batch measured")
     p.add_argument("--steps", type=int, default=20, help="training steps per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats (median kept)")
@@ -38,7 +44,9 @@ def add_calibrate(sub: Any) -> None:
     p.add_argument(
         "--real-data", action="store_true", help="train on the dataset, not random pixels"
     )
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--data-dir", default=None, help="dataset folder, for real images (default: none needed)"
+    )
     p.set_defaults(handler=cmd_calibrate)
 
 

@@ -96,7 +96,7 @@ def add_deploy(sub: Any) -> None:
 
     k = deploy.add_parser("key", help="make one device key pair (ECDSA P-384, OpenSSH format)")
     k.add_argument("path", type=Path, help="private key file; the public key gets .pub added")
-    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing key pair")
     k.set_defaults(handler=cmd_key)
 
     s = deploy.add_parser("superlink", help="start the SuperLink (runs until Ctrl-C)")

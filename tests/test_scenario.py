@@ -270,3 +270,32 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
         err = proc.stderr.read().decode()
         code = proc.wait(60)
     assert code == 0 and "BrokenPipeError" not in err and "Traceback" not in err, err
+
+
+def test_every_option_of_every_command_has_help_showing_its_default() -> None:
+    import argparse
+
+    from fededge.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, object]]:
+        found: list[tuple[str, object]] = [(path, parser)]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += parsers(child, f"{path} {name}")
+        return found
+
+    problems = []
+    for path, parser in parsers(build_parser(), "fededge"):
+        assert isinstance(parser, argparse.ArgumentParser)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.default is argparse.SUPPRESS:
+                continue  # positionals, --help, --version
+            shown = formatter._get_help_string(action) or ""
+            if not action.help:
+                problems.append(f"{path} {action.option_strings[0]}: no help")
+            elif "default" not in shown.lower():
+                problems.append(f"{path} {action.option_strings[0]}: default not shown")
+        parser.format_help()  # renders (a bad %-format in a help text would raise)
+    assert not problems, problems
