@@ -76,6 +76,12 @@ def _add_run(sub: Any) -> None:
         "--threads-per-client", type=int, default=None, help="torch threads in each client"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the scenario and its data, print the fleet (tiers, budgets, savers) "
+        "and exit: nothing is created or started",
+    )
     p.set_defaults(handler=cmd_run)
 
 
@@ -93,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, overrides)
     out_dir = args.out or scenario.output_dir()
     check_data(scenario)  # before anything is created or started
+    if args.dry_run:
+        print(fleet_text(scenario, out_dir))
+        return 0
     _check_output_dir(out_dir, scenario.digest, resume=args.resume, move_aside=args.move_aside)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(scenario.text)
@@ -137,6 +146,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def fleet_text(scenario: Any, out_dir: Path) -> str:
+    """The resolved fleet of a scenario, as ``fededge run --dry-run`` prints it."""
+    import math
+
+    run, server = scenario.run, scenario.server
+    lines = [
+        f"{run.name}: {scenario.num_devices} devices, {run.rounds} rounds, seed {run.seed}, "
+        f"{scenario.data.dataset} -> {scenario.main_model} (filter {scenario.filter_model}) "
+        f"-> {out_dir}",
+        f"{'tier':<16}{'profile':<18}{'devices':>8}{'budget MACs/round':>19}"
+        f"{'arrivals':>10}{'dropout':>9}  savers",
+    ]
+    for tier in scenario.tiers:
+        budget = tier.budget_macs
+        lines.append(
+            f"{tier.name:<16}{tier.profile.name:<18}{tier.count:>8}"
+            f"{'unlimited' if math.isinf(budget) else f'{budget:.3g}':>19}"
+            f"{tier.arrivals_per_round:>10}{tier.dropout:>9.2f}  {tier.savers.label}"
+            + (f" (attack {tier.attack})" if tier.attack != "none" else "")
+        )
+    lines.append(
+        f"server: fraction {server.fraction}, min_replies {server.min_replies}, aggregation "
+        f"{server.aggregation}, norm_bound {server.norm_bound} ({server.norm_action}), "
+        f"foreign devices {server.foreign_devices}"
+    )
+    return "\n".join(lines)
 
 
 def check_data(scenario: Any) -> None:

@@ -299,3 +299,17 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
                 problems.append(f"{path} {action.option_strings[0]}: default not shown")
         parser.format_help()  # renders (a bad %-format in a help text would raise)
     assert not problems, problems
+
+
+def test_dry_run_prints_the_resolved_fleet_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fededge.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "scenarios/quickstart.toml", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "quickstart: 20 devices, 12 rounds, seed 0" in text
+    assert "phones" in text and "8.5e+08" in text and "eif+emp" in text
+    assert "aggregation fedavg" in text
+    assert not out.exists()
