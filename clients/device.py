@@ -239,6 +239,34 @@ class _TaskHeartbeat:
                 log.debug("task heartbeat failed", exc_info=True)
 
 
+def load_client_app(spec: str, option: str = "client app") -> ClientApp:
+    """The ClientApp object named by ``MODULE:ATTR`` (imported from the working folder).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``option``: not ``MODULE:ATTR``, not importable, not a ClientApp.
+    """
+    import importlib
+    import os
+
+    from fededge.errors import ConfigError, ConfigIssue
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError([ConfigIssue(option, f"expected MODULE:ATTR, got {spec!r}")])
+    sys.path.insert(0, os.getcwd())
+    try:
+        app = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError([ConfigIssue(option, f"{spec}: {exc}")]) from None
+    if not isinstance(app, ClientApp):
+        raise ConfigError(
+            [ConfigIssue(option, f"{spec} is a {type(app).__name__}, not a ClientApp")]
+        )
+    return app
+
+
 def run_device(
     supernode_args: Sequence[str],
     *,

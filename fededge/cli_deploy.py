@@ -436,8 +436,11 @@ def cmd_device(args: argparse.Namespace) -> int:
     if not worker and args.poll is not None:
         # Flower's app runner (SuperExec) polls the SuperNode every 1 s by default
         os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(max(args.poll, 0.01))
-    client_app = _load_client_app(args.client_app, worker) if args.client_app else None
-    from clients.device import run_device
+    from clients.device import load_client_app, run_device
+
+    if args.client_app and not worker:
+        raise ConfigError([ConfigIssue("--client-app", "needs --isolation worker")])
+    client_app = load_client_app(args.client_app, "--client-app") if args.client_app else None
 
     run_device(
         sn_args,
@@ -447,32 +450,6 @@ def cmd_device(args: argparse.Namespace) -> int:
         client_app=client_app,
     )
     return 0
-
-
-def _load_client_app(spec: str, worker: bool) -> Any:
-    """The ClientApp object named by ``MODULE:ATTR`` (imported from the working folder)."""
-    import importlib
-
-    from flwr.clientapp import ClientApp
-
-    module_name, _, attr = spec.partition(":")
-    issues = []
-    if not worker:
-        issues.append(ConfigIssue("--client-app", "needs --isolation worker"))
-    if not module_name or not attr:
-        issues.append(ConfigIssue("--client-app", f"expected MODULE:ATTR, got {spec!r}"))
-    if issues:
-        raise ConfigError(issues)
-    sys.path.insert(0, os.getcwd())
-    try:
-        app = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError([ConfigIssue("--client-app", f"{spec}: {exc}")]) from None
-    if not isinstance(app, ClientApp):
-        raise ConfigError(
-            [ConfigIssue("--client-app", f"{spec} is a {type(app).__name__}, not a ClientApp")]
-        )
-    return app
 
 
 # ------------------------------------------------------------------ runs

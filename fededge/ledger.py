@@ -117,18 +117,21 @@ class Ledger:
         return sum(int(getattr(self, name)) for name in MAC_FIELDS)
 
     @property
+    def counted_baseline_macs(self) -> int:
+        """The SGD cost a saving is measured against: ``baseline_macs``, or ``spent_macs``
+        when nothing was trained (a run that trained nothing claims no saving)."""
+        return self.baseline_macs if self.trained > 0 else self.spent_macs
+
+    @property
     def saved_macs(self) -> int:
-        """``baseline_macs - spent_macs`` (0 when nothing was trained: no saving is claimed)."""
-        if self.trained <= 0:
-            return 0
-        return self.baseline_macs - self.spent_macs
+        """``counted_baseline_macs - spent_macs``."""
+        return self.counted_baseline_macs - self.spent_macs
 
     @property
     def computation_saved(self) -> float:
-        """``1 - spent / baseline`` (0.0 when nothing was streamed or trained: no saving)."""
-        if self.baseline_macs <= 0 or self.trained <= 0:
-            return 0.0
-        return 1.0 - self.spent_macs / self.baseline_macs
+        """``1 - spent / counted baseline`` (0.0 when nothing was streamed or trained)."""
+        baseline = self.counted_baseline_macs
+        return 1.0 - self.spent_macs / baseline if baseline > 0 else 0.0
 
     @property
     def lowbit_macs(self) -> int:

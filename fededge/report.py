@@ -92,10 +92,9 @@ def device_row(
     m = dict(metrics or {})
     for name in LEDGER_COLUMNS:
         row[name] = float(m.get(name, math.inf if name == "budget_macs" else 0.0))
-    if status == "ok" and row["trained"] <= 0:
-        # nothing trained: no saving is claimed (SGD is counted at what was spent)
-        row["baseline_macs"] = float(sum(row[k] for k in MAC_FIELDS))
     ledger = Ledger.from_metrics({**row, "budget_macs": row["budget_macs"]})
+    if status == "ok":  # what the round's totals measure savings against
+        row["baseline_macs"] = float(ledger.counted_baseline_macs)
     row["spent_macs"] = float(ledger.spent_macs)
     row["computation_saved"] = ledger.computation_saved
     row["spent_macs_32eq"] = ledger.spent_macs_32eq  # 32-bit-equivalent (fededge.quantize)

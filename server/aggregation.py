@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from clients.transport import array_numpy
 from fededge.scenario import ServerSection
@@ -80,8 +80,6 @@ def all_finite(record: ArrayRecord) -> bool:
 
 def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """An ArrayRecord of float32 copies, in the given order."""
-    from flwr.app import Array
-
     return ArrayRecord(
         {name: Array(np.ascontiguousarray(v, dtype=np.float32)) for name, v in arrays.items()}
     )

@@ -53,8 +53,9 @@ def run_server(
     report = FleetReport(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
     run_id = new_run_id()
     earlier: dict[str, object] | None = None
+    device_rounds: dict[str, int] = {}  # device -> round of its newest saved state
     if resume:  # everything it needs is verified first (exit 2 naming what is wrong)
-        done, run_id, arrays = load_checkpoint(out_dir, scenario.digest)
+        done, run_id, arrays, device_rounds = load_checkpoint(out_dir, scenario.digest)
         report = FleetReport.load(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
         report.truncate(done)
         earlier = _earlier_provenance(out_dir)
@@ -77,6 +78,7 @@ def run_server(
             report,
             run_id=run_id,
             state_dir=state_dir,
+            device_rounds=device_rounds,
         )
         if on_round is not None:
             on_round(outcome)

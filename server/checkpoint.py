@@ -66,8 +66,14 @@ def save_checkpoint(
     *,
     run_id: str,
     state_dir: str,
+    device_rounds: dict[str, int],
 ) -> None:
-    """Write the round's weights, then the manifest (see the module docstring)."""
+    """Write the round's weights, then the manifest (see the module docstring).
+
+    ``device_rounds`` (device -> round of its newest state) is the previous
+    manifest's, updated here with this round's rows of ``report``, so a round
+    costs its own rows, not the whole run's.
+    """
     folder = out_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     name = f"global-r{server_round}.npz"
@@ -75,12 +81,12 @@ def save_checkpoint(
     with tmp.open("wb") as fh:
         np.savez(fh, allow_pickle=False, **{k: array_numpy(v) for k, v in arrays.items()})
     os.replace(tmp, folder / name)
-    devices: dict[str, int] = {}
-    if state_dir:
-        for row in report.devices:  # the newest round each device trained (and saved state)
+    if state_dir:  # this round's trained devices saved state: the newest round of each
+        for row in reversed(report.devices):
+            if row["round"] != server_round:
+                break
             if row["status"] == "ok" and row.get("kind") == "simulated":
-                key = str(int(row["device"]))
-                devices[key] = max(devices.get(key, 0), int(row["round"]))
+                device_rounds[str(int(row["device"]))] = server_round
     manifest: dict[str, Any] = {
         "version": VERSION,
         "round": server_round,
@@ -89,7 +95,7 @@ def save_checkpoint(
         "run_id": run_id,
         "global": {"file": name, "sha256": sha256(folder / name)},
         "tables": {t: sha256(out_dir / t) for t in TABLES if (out_dir / t).exists()},
-        "device_state": {"dir": "device_state" if state_dir else "", "rounds": devices},
+        "device_state": {"dir": "device_state" if state_dir else "", "rounds": device_rounds},
     }
     atomic_write_text(folder / MANIFEST, json.dumps(manifest) + "\n")
     for old in folder.glob("global-r*.npz"):
@@ -168,13 +174,14 @@ def verify_checkpoint(out_dir: Path, digest: str) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(out_dir: Path, digest: str) -> tuple[int, str, ArrayRecord]:
-    """``(round, run id, global weights)`` of a verified checkpoint."""
+def load_checkpoint(out_dir: Path, digest: str) -> tuple[int, str, ArrayRecord, dict[str, int]]:
+    """``(round, run id, global weights, device -> state round)`` of a verified checkpoint."""
     manifest = verify_checkpoint(out_dir, digest)
     path = out_dir / FOLDER / manifest["global"]["file"]
     with np.load(path) as data:
         arrays = ArrayRecord({k: Array(np.array(data[k])) for k in data.files})
-    return int(manifest["round"]), str(manifest["run_id"]), arrays
+    rounds = {str(k): int(v) for k, v in manifest["device_state"]["rounds"].items()}
+    return int(manifest["round"]), str(manifest["run_id"]), arrays, rounds
 
 
 def _check_digest(path: Path, expected: str, out_dir: Path) -> list[ConfigIssue]:

@@ -140,7 +140,8 @@ class FleetStrategy(FedAvg):
             picked = rng.choice(len(nodes), size=k, replace=False)
             nodes = sorted(nodes[int(i)] for i in picked)
         config["server-round"] = server_round
-        self._global = {k: array_numpy(v).astype(np.float64) for k, v in arrays.items()}
+        if self.scenario.server.norm_bound:  # updates are measured from what was sent
+            self._global = {k: array_numpy(v).astype(np.float64) for k, v in arrays.items()}
         # what a stock Flower client reads (docs/device-contract.md); fededge devices
         # take their settings from the scenario
         train = self.scenario.train

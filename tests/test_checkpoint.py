@@ -36,6 +36,7 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
     scenario = parse_scenario(SCENARIO)
     out = tmp_path / "out"
     report = FleetReport(out, "resume-test", ["a"], plots=False)
+    device_rounds: dict[str, int] = {}
     for server_round in (1, 2):
         rows = []
         for device in (0, 1):
@@ -48,7 +49,14 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
         )
         arrays = ArrayRecord({"w": Array(np.full(3, server_round, np.float32))})
         save_checkpoint(
-            out, scenario, server_round, arrays, report, run_id="run-1", state_dir="device_state"
+            out,
+            scenario,
+            server_round,
+            arrays,
+            report,
+            run_id="run-1",
+            state_dir="device_state",
+            device_rounds=device_rounds,
         )
     return out, scenario_file
 
@@ -61,7 +69,7 @@ def _resume(out: Path, scenario_file: Path, capsys: pytest.CaptureFixture[str]) 
 def test_an_intact_checkpoint_resumes_from_its_round(run: tuple[Path, Path]) -> None:
     out, scenario_file = run
     digest = parse_scenario(scenario_file.read_text()).digest
-    done, run_id, arrays = load_checkpoint(out, digest)
+    done, run_id, arrays, _ = load_checkpoint(out, digest)
     assert (done, run_id) == (2, "run-1")
     np.testing.assert_array_equal(arrays["w"].numpy(), np.full(3, 2.0))
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["global-r2.npz", "state.json"]
@@ -74,7 +82,7 @@ def test_weights_written_after_the_manifest_are_not_used(run: tuple[Path, Path])
     out, scenario_file = run
     np.savez(out / "checkpoint" / "global-r3.npz", w=np.full(3, 99.0, np.float32))
     digest = parse_scenario(scenario_file.read_text()).digest
-    done, _, arrays = load_checkpoint(out, digest)
+    done, _, arrays, _ = load_checkpoint(out, digest)
     assert done == 2 and float(arrays["w"].numpy()[0]) == 2.0
 
 
