@@ -42,7 +42,10 @@ def add_compare(sub: Any) -> None:
         "--savers",
         default=None,
         metavar="SETTINGS",
-        help="saver settings among none,eif,emp,eif+emp (default: [sweep] savers or none,eif+emp)",
+        help=(
+            "saver settings among none,eif,emp,eif+emp; eif:auto and eif+emp:auto choose "
+            "R_set from each device's budget (default: [sweep] savers or none,eif+emp)"
+        ),
     )
     p.add_argument(
         "--target",

@@ -680,6 +680,21 @@ class ErrorMapPruner:
                 sel += s.selection_macs
         return StepCost(gi, gw, sel)
 
+    def planned_step_cost(self, cost: ModelCost, n: int) -> StepCost:
+        """What a backward over ``n`` instances will cost, before it runs.
+
+        Each pruned conv keeps its fixed ``k`` of ``C_out`` channels for every
+        instance, so this is :meth:`pop_step_cost` of that step (the same
+        rule), known in advance -- what a device plans its kept share with.
+        """
+        gi = gw = 0
+        for layer in cost.layers:
+            la = self._layers.get(layer.name)
+            share = (la.k, la.c_out) if la is not None and la.k < la.c_out else (1, 1)
+            gi += n * layer.grad_input_macs * share[0] // share[1]
+            gw += n * layer.grad_weight_macs * share[0] // share[1]
+        return StepCost(gi, gw, self.selection_macs_bound(n, cost))
+
     def selection_macs_bound(self, n: int, cost: ModelCost | None = None) -> int:
         """Selection MACs of one backward pass over ``n`` instances (exact).
 

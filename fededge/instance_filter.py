@@ -78,7 +78,15 @@ class EIFConfig:
 
     Parameters
     ----------
-    target_ratio : R_set, the target share of high-loss (trained) instances, in (0, 1).
+    target_ratio : R_set, the target share of high-loss (trained) instances, in
+        (0, 1); or ``"auto"``: chosen before each run (a device's round) from
+        what its budget pays for (:mod:`fededge.auto_ratio`), between
+        ``min_ratio`` and ``max_ratio``.
+    min_ratio, max_ratio : bounds of an ``"auto"`` R_set.
+    ratio_smoothing : with ``"auto"``, how much of a rise of the affordable
+        R_set is held back, in [0, 1): the chosen R_set moves from the last
+        one by ``(1 - ratio_smoothing)`` of the difference when it rises (a
+        fall is taken at once: a device never plans more than its budget pays).
     alpha_up : alpha1 > 1, factor applied to T_l when R_TH >= R_set.
     alpha_down : alpha2 in (0, 1), factor applied to T_l otherwise.
     window : n, the number of recent streamed mini-batches R_TH is measured over.
@@ -125,7 +133,10 @@ class EIFConfig:
         an unbiased estimate of the streamed batch's mean loss.
     """
 
-    target_ratio: float = 0.2
+    target_ratio: float | Literal["auto"] = 0.2
+    min_ratio: float = 0.05
+    max_ratio: float = 0.9
+    ratio_smoothing: float = 0.0
     alpha_up: float = 1.02
     alpha_down: float = 0.98
     window: int = 50
@@ -148,8 +159,16 @@ class EIFConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not 0.0 < self.target_ratio < 1.0:
-            problems.append(f"target_ratio must be in (0, 1), got {self.target_ratio!r}")
+        if self.target_ratio != "auto" and not (
+            isinstance(self.target_ratio, int | float) and 0.0 < self.target_ratio < 1.0
+        ):
+            problems.append(f"target_ratio must be in (0, 1) or 'auto', got {self.target_ratio!r}")
+        for name in ("min_ratio", "max_ratio"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                problems.append(f"{name} must be in (0, 1), got {value!r}")
+        if not 0.0 <= self.ratio_smoothing < 1.0:
+            problems.append(f"ratio_smoothing must be in [0, 1), got {self.ratio_smoothing!r}")
         if not self.alpha_up > 1.0:
             problems.append(f"alpha_up must be > 1, got {self.alpha_up!r}")
         if not 0.0 < self.alpha_down < 1.0:
@@ -197,9 +216,17 @@ class EIFConfig:
             raise ValueError("EIFConfig: " + "; ".join(problems))
 
     @property
-    def class_weights(self) -> tuple[float, float]:
-        """``(w_L, w_H)`` of Eq. 6-7 before normalisation."""
-        return 1.0 / (1.0 - self.target_ratio), 1.0 / self.target_ratio
+    def auto(self) -> bool:
+        """True when R_set is chosen from the budget (``target_ratio = "auto"``)."""
+        return self.target_ratio == "auto"
+
+    @property
+    def initial_ratio(self) -> float:
+        """R_set before any choice: ``target_ratio``, or for ``"auto"`` the default
+        0.2 within the bounds (what a run without a budget starts from)."""
+        if isinstance(self.target_ratio, int | float):
+            return float(self.target_ratio)
+        return min(max(0.2, self.min_ratio), self.max_ratio)
 
 
 @dataclass(frozen=True)
@@ -317,6 +344,8 @@ class InstanceFilter:
             for m in net.modules()
         )
         self.config = config
+        #: R_set in use: ``config.target_ratio``, or the last choice when it is "auto".
+        self.target_ratio = config.initial_ratio
         self.optimizer = torch.optim.SGD(
             net.parameters(),
             lr=config.lr,
@@ -358,13 +387,13 @@ class InstanceFilter:
         elif cfg.keep_rule == "argmax":
             keep = score > 0
         elif cfg.keep_rule == "random":  # a control: the paper's SMD, the filter ignored
-            keep = _top_share(draw, cfg.target_ratio, draw)
+            keep = _top_share(draw, self.target_ratio, draw)
         elif cfg.keep_rule == "rank":
-            prob_keep = _rank_probability(score, cfg.target_ratio, draw)
+            prob_keep = _rank_probability(score, self.target_ratio, draw)
             coin = torch.rand(m, generator=generator).to(score.device)
             keep = coin < prob_keep
         else:
-            keep = _top_share(score, cfg.target_ratio, draw)
+            keep = _top_share(score, self.target_ratio, draw)
         dropped = ~keep
         explored = dropped & (draw < cfg.explore_ratio)
         margin = score.abs()
@@ -394,7 +423,7 @@ class InstanceFilter:
         """
         losses = losses.detach()
         if math.isnan(self.threshold):
-            self.threshold = float(torch.quantile(losses.float(), 1.0 - self.config.target_ratio))
+            self.threshold = float(torch.quantile(losses.float(), 1.0 - self.target_ratio))
         labels = (losses >= self.threshold).long()
         self._inputs.append(x.detach())
         self._labels.append(labels)
@@ -431,7 +460,7 @@ class InstanceFilter:
         self._labels.clear()
         if not self.net.training:
             self.net.train()
-        loss = weighted_filter_loss(self.net(x), labels, self.config.target_ratio)
+        loss = weighted_filter_loss(self.net(x), labels, self.target_ratio)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -442,7 +471,7 @@ class InstanceFilter:
         self._window.append((streamed, self._high_pending))
         self._high_pending = 0.0
         if not math.isnan(self.threshold):
-            if self.true_high_ratio >= self.config.target_ratio:
+            if self.true_high_ratio >= self.target_ratio:
                 self.threshold *= self.config.alpha_up
             else:
                 self.threshold *= self.config.alpha_down
@@ -465,6 +494,7 @@ class InstanceFilter:
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "threshold": self.threshold,
+            "target_ratio": self.target_ratio,
             "window": [[float(s), float(h)] for s, h in self._window],
         }
 
@@ -473,6 +503,8 @@ class InstanceFilter:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.threshold = float(state["threshold"])
+        if self.config.auto:  # a fixed R_set is the configuration's, not the state's
+            self.target_ratio = float(state.get("target_ratio", self.config.initial_ratio))
         self._window = deque(
             ((int(s), float(h)) for s, h in state["window"]), maxlen=self.config.window
         )

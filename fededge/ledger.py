@@ -70,6 +70,10 @@ class Ledger:
         ``explored_high`` of them had a loss >= T_l, ``explored_loss_sum``
         is their summed loss -- an unbiased sample of what the filter dropped.
     full_trained : instances trained in a full-training phase (no filtering).
+    aimed_trained : instances the kept share aimed to train: R_set times the
+        instances streamed through the filter, plus every instance streamed in
+        a full-training phase (or by plain SGD). ``aimed_ratio`` is it over
+        ``streamed``: the R_set chosen (``target_ratio = "auto"``) or set.
     wall_s : measured wall-clock seconds of the whole run.
     """
 
@@ -103,6 +107,7 @@ class Ledger:
     explored_high: int = 0
     explored_loss_sum: float = 0.0
     full_trained: int = 0
+    aimed_trained: float = 0.0
     wall_s: float = 0.0
 
     # ----------------------------------------------------------------- derived
@@ -149,6 +154,18 @@ class Ledger:
         if self.baseline_macs <= 0 or self.trained <= 0:
             return 0.0
         return 1.0 - self.spent_macs_32eq / self.baseline_macs
+
+    @property
+    def aimed_ratio(self) -> float:
+        """Share of the streamed instances the kept share aimed to train (nan if none)."""
+        return _share(self.aimed_trained, self.streamed)
+
+    @property
+    def budget_used(self) -> float:
+        """``spent_macs / budget_macs`` (nan without a budget)."""
+        if math.isinf(self.budget_macs) or self.budget_macs <= 0:
+            return math.nan
+        return self.spent_macs / self.budget_macs
 
     @property
     def mean_loss(self) -> float:

@@ -43,6 +43,7 @@ INSTRUMENT_FIELDS = (
     "explored_high",
     "explored_loss_sum",
     "full_trained",
+    "aimed_trained",
 )
 
 
@@ -99,6 +100,8 @@ def device_row(
     row["computation_saved"] = ledger.computation_saved
     row["spent_macs_32eq"] = ledger.spent_macs_32eq  # 32-bit-equivalent (fededge.quantize)
     row["computation_saved_32eq"] = ledger.computation_saved_32eq
+    row["aimed_ratio"] = ledger.aimed_ratio  # R_set chosen or set (1: everything trained)
+    row["budget_used"] = ledger.budget_used  # spent / budget (nan: no budget)
     for name in ("compute_s", "energy_j", "upload_s", "download_s", "client_wall_s"):
         row[name] = float(m.get(name, 0.0))
     row["threshold"] = float(m["threshold"]) if m.get("threshold", -1.0) >= 0 else math.nan
@@ -110,7 +113,7 @@ def device_row(
     if not accounted:
         unaccounted = [*LEDGER_COLUMNS, "spent_macs", "computation_saved", "spent_macs_32eq"]
         unaccounted += ["computation_saved_32eq", "compute_s", "energy_j", "upload_s"]
-        unaccounted += ["download_s", "round_time_s", "threshold"]
+        unaccounted += ["download_s", "round_time_s", "threshold", "aimed_ratio", "budget_used"]
         for name in unaccounted:
             row[name] = math.nan
         row["kind"] = "foreign"
@@ -204,6 +207,8 @@ class FleetReport:
         row["requested_macs"] = float(budgets[budgets.map(math.isfinite)].sum())
         row["spent_macs"] = float(sum(row[k] for k in MAC_FIELDS))
         row["saved_macs"] = row["baseline_macs"] - row["spent_macs"]
+        row["aimed_ratio"] = _share(row["aimed_trained"], row["streamed"])
+        row["budget_used"] = _share(row["spent_macs"], row["requested_macs"])
         row["computation_saved"] = _ratio_saved(row["spent_macs"], row["baseline_macs"])
         row["cum_spent_macs"] = row["spent_macs"] + (prev["cum_spent_macs"] if prev else 0.0)
         row["cum_baseline_macs"] = row["baseline_macs"] + (
@@ -411,6 +416,8 @@ def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
         "spent_macs",
         "baseline_macs",
         "computation_saved",
+        "aimed_ratio",
+        "budget_used",
         "energy_j",
         "compute_s",
     ]
@@ -420,6 +427,10 @@ def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
         ok = d[d["status"] == "ok"] if len(d) else d
         spent = float(ok["spent_macs"].sum()) if len(ok) else 0.0
         base = float(ok["baseline_macs"].sum()) if len(ok) else 0.0
+        streamed = float(ok["streamed"].sum()) if len(ok) else 0.0
+        aimed = float(ok["aimed_trained"].sum()) if len(ok) else 0.0
+        budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
+        limited = budgets.map(math.isfinite) if len(budgets) else budgets.astype(bool)
         rows.append(
             {
                 "tier": tier,
@@ -436,11 +447,20 @@ def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
                 "spent_macs": spent,
                 "baseline_macs": base,
                 "computation_saved": _ratio_saved(spent, base),
+                "aimed_ratio": _share(aimed, streamed),
+                "budget_used": _share(
+                    float(ok["spent_macs"][limited].sum()) if len(ok) else 0.0,
+                    float(budgets[limited].sum()) if len(ok) else 0.0,
+                ),
                 "energy_j": float(ok["energy_j"].sum()) if len(ok) else 0.0,
                 "compute_s": float(ok["compute_s"].sum()) if len(ok) else 0.0,
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else math.nan
 
 
 def _ratio_saved(spent: float, baseline: float) -> float:

@@ -26,6 +26,10 @@ class EIFRuleFields(Protocol):
     def keep_rule(self) -> str: ...
     @property
     def update(self) -> str: ...
+    @property
+    def min_ratio(self) -> float: ...
+    @property
+    def max_ratio(self) -> float: ...
 
 
 def eif_rule_problems(eif: EIFRuleFields) -> list[str]:
@@ -39,4 +43,8 @@ def eif_rule_problems(eif: EIFRuleFields) -> list[str]:
         )
     if eif.rescale and (eif.keep_rule != "rank" or eif.update != "per_batch"):
         problems.append('rescale = true needs keep_rule = "rank" and update = "per_batch"')
+    if eif.min_ratio > eif.max_ratio:
+        problems.append(
+            f"min_ratio must be <= max_ratio, got {eif.min_ratio!r} > {eif.max_ratio!r}"
+        )
     return problems

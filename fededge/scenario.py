@@ -14,7 +14,8 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
                    download
     [model]        main, filter
     [train]        batch_size, lr, momentum, weight_decay, nesterov, lr_milestones, lr_gamma
-    [savers.eif]   enabled, target_ratio, alpha_up, alpha_down, window, entropy_threshold,
+    [savers.eif]   enabled, target_ratio (or "auto"), min_ratio, max_ratio, ratio_smoothing,
+                   alpha_up, alpha_down, window, entropy_threshold,
                    max_sample_ratio, explore_ratio, initial_threshold, keep_rule,
                    ratio_estimate, lr, lr_final, momentum, weight_decay, min_batch,
                    update, loss_norm, full_first, full_last, rescale
@@ -69,7 +70,7 @@ NonNegFloat = Annotated[StrictFloat, Field(ge=0)]
 Fraction = Annotated[StrictFloat, Field(gt=0, le=1)]
 Name = Annotated[StrictStr, Field(min_length=1)]
 
-SAVER_SETTINGS = ("none", "eif", "emp", "eif+emp")
+SAVER_SETTINGS = ("none", "eif", "emp", "eif+emp", "eif:auto", "eif+emp:auto")
 
 
 class Section(BaseModel):
@@ -138,7 +139,10 @@ class EIFSection(Section):
     """``[savers.eif]``: early instance filter (see :class:`fededge.instance_filter.EIFConfig`)."""
 
     enabled: StrictBool = False
-    target_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.2
+    target_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] | Literal["auto"] = 0.2
+    min_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.05
+    max_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.9
+    ratio_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     alpha_up: Annotated[StrictFloat, Field(gt=1)] = 1.02
     alpha_down: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.98
     window: PosInt = 50
@@ -332,7 +336,10 @@ class SweepSection(Section):
     """``[sweep]``: budget multipliers and saver settings compared by ``fededge compare``."""
 
     budgets: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (1.0,)
-    savers: Annotated[tuple[Literal["none", "eif", "emp", "eif+emp"], ...], Field(min_length=1)] = (
+    savers: Annotated[
+        tuple[Literal["none", "eif", "emp", "eif+emp", "eif:auto", "eif+emp:auto"], ...],
+        Field(min_length=1),
+    ] = (
         "none",
         "eif+emp",
     )

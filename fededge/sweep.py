@@ -65,7 +65,9 @@ class Variant:
     Parameters
     ----------
     budget : multiplier of every tier's per-round budget (1.0: as in the scenario).
-    savers : ``none``, ``eif``, ``emp`` or ``eif+emp``.
+    savers : ``none``, ``eif``, ``emp`` or ``eif+emp``; ``eif:auto`` and
+        ``eif+emp:auto`` also set ``savers.eif.target_ratio = "auto"`` (R_set
+        chosen from each device's budget, :mod:`fededge.auto_ratio`).
     """
 
     budget: float
@@ -73,8 +75,13 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Folder-safe name, e.g. ``x0.5-eif+emp``."""
-        return f"x{self.budget:g}-{self.savers}"
+        """Folder-safe name, e.g. ``x0.5-eif+emp`` or ``x1-eif+emp-auto``."""
+        return f"x{self.budget:g}-{self.savers.replace(':', '-')}"
+
+    @property
+    def auto_ratio(self) -> bool:
+        """True for the ``:auto`` settings."""
+        return self.savers.endswith(":auto")
 
 
 @dataclass(frozen=True)
@@ -233,12 +240,13 @@ def parse_savers(text: str, *, where: str = "--savers") -> tuple[str, ...]:
     Raises
     ------
     ConfigError
-        When an entry is not one of ``none``, ``eif``, ``emp``, ``eif+emp``.
+        When an entry is not one of ``none``, ``eif``, ``emp``, ``eif+emp``,
+        ``eif:auto``, ``eif+emp:auto``.
     """
     settings: list[str] = []
     issues = []
     for part in (p.strip().lower() for p in text.split(",")):
-        normal = "eif+emp" if part == "emp+eif" else part
+        normal = part.replace("emp+eif", "eif+emp")
         if normal not in SAVER_SETTINGS:
             issues.append(
                 ConfigIssue(where, f"expected one of {', '.join(SAVER_SETTINGS)}, got {part!r}")
@@ -267,10 +275,13 @@ def variant_raw(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
     run = raw.setdefault("run", {})
     run.pop("output_dir", None)
     run["name"] = f"{run.get('name', 'scenario')}-{variant.name}"
-    eif, emp = "eif" in variant.savers.split("+"), "emp" in variant.savers.split("+")
+    switched = variant.savers.split(":")[0].split("+")
+    eif, emp = "eif" in switched, "emp" in switched
     savers = raw.setdefault("savers", {})
     savers.setdefault("eif", {})["enabled"] = eif
     savers.setdefault("emp", {})["enabled"] = emp
+    if variant.auto_ratio:
+        savers["eif"]["target_ratio"] = "auto"
     for tier in raw.get("fleet", {}).get("tiers", []):
         for key in BUDGET_FIELDS:
             if tier.get(key) is not None:
@@ -280,6 +291,9 @@ def variant_raw(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
             for name, on in (("eif", eif), ("emp", emp)):
                 if isinstance(overrides.get(name), dict) and "enabled" in overrides[name]:
                     overrides[name]["enabled"] = on
+            eif_override = overrides.get("eif")
+            if variant.auto_ratio and isinstance(eif_override, dict):
+                eif_override["target_ratio"] = "auto"
     return raw
 
 

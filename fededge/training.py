@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fededge.auto_ratio import RatioChoice, RatioCosts, choose_ratio
 from fededge.error_map import EMPConfig, ErrorMapPruner, KernelPlans, Kernels
 from fededge.flops import ModelCost, model_cost
 from fededge.instance_filter import EIFConfig, FilterDecision, InstanceFilter
@@ -200,6 +201,11 @@ class LocalTrainer:
         self.position = 0  # instances streamed over the trainer's lifetime
         self._streamed_since_step = 0
         self._progress: Callable[[int], float] | None = None
+        # target_ratio = "auto": this run trains everything (the budget pays for it),
+        # last run's choice, and the per-instance costs it measured
+        self._round_full = False
+        self._auto: dict[str, float] = {}
+        self._filter_streamed = 0
         # labels of the instances streamed through the filter (or trained in a full
         # phase) and of those trained: does the filter favour some classes? Off by
         # default: a label count per step (and its copy off an accelerator) that
@@ -278,6 +284,10 @@ class LocalTrainer:
         start = time.perf_counter()
         self._progress = progress
         ledger = Ledger(arrived=len(indices), budget_macs=budget_macs)
+        self._round_full = False
+        self._filter_streamed = 0
+        if self.filter is not None and self.filter.config.auto:
+            self._apply_choice(self.choose_ratio(budget_macs, len(indices)))
         m = self.config.batch_size
         cursor = 0
         stopped = False
@@ -307,15 +317,75 @@ class LocalTrainer:
                     self._train_filter(ledger, budget_macs, force=True)
             else:
                 stopped = True
+        if self.filter is not None and self.filter.config.auto:
+            self._measure_costs(ledger)
         leftover = indices[cursor:]
         ledger.unprocessed = len(leftover)
         ledger.budget_exhausted = int(stopped)
         ledger.wall_s = time.perf_counter() - start
         return TrainResult(ledger=ledger, leftover=leftover)
 
-    def _in_full_phase(self) -> bool:
-        """True inside a full-training phase of EIF (``full_first`` / ``full_last``)."""
+    # ------------------------------------------------------ auto R_set
+    def ratio_costs(self) -> RatioCosts:
+        """Per-instance costs for :func:`~fededge.auto_ratio.choose_ratio`: measured
+        in the last run, or the loop's worst case before any (a dense step, the caps)."""
+        assert self.filter is not None and self.filter_cost is not None
+        cfg = self.filter.config
+        return RatioCosts(
+            filter_forward=self.filter_cost.forward_macs,
+            filter_step=self.filter_cost.training_macs,
+            main_forward=self.main_cost.forward_macs,
+            main_step=self._auto.get("main_step", self._planned_step_macs()),
+            sample_share=self._auto.get(
+                "sample_share", min(1.0, cfg.explore_ratio + cfg.max_sample_ratio)
+            ),
+        )
+
+    def choose_ratio(self, budget_macs: float, arrivals: int) -> RatioChoice:
+        """The R_set a run of ``arrivals`` instances under ``budget_macs`` would use."""
         assert self.filter is not None
+        cfg = self.filter.config
+        return choose_ratio(
+            budget_macs,
+            arrivals,
+            self.ratio_costs(),
+            min_ratio=cfg.min_ratio,
+            max_ratio=cfg.max_ratio,
+            previous=self._auto.get("previous"),
+            smoothing=cfg.ratio_smoothing,
+        )
+
+    def _apply_choice(self, choice: RatioChoice) -> None:
+        assert self.filter is not None
+        self._round_full = choice.full
+        if not choice.full:
+            self.filter.target_ratio = choice.ratio
+        self._auto["previous"] = choice.ratio
+
+    def _planned_step_macs(self) -> float:
+        """Per-instance MACs of a main-net step (EMP's fixed channel counts included),
+        for a mini-batch of ``batch_size``."""
+        m = self.config.batch_size
+        if self.pruner is None:
+            return float(self.dense_step_macs)
+        step = self.pruner.planned_step_cost(self.main_cost, m)
+        total = m * self.main_cost.forward_macs + step.grad_input_macs + step.grad_weight_macs
+        return (total + step.selection_macs) / m
+
+    def _measure_costs(self, ledger: Ledger) -> None:
+        """Keep this run's per-instance costs for the next run's choice."""
+        if ledger.trained:
+            main = ledger.main_forward_macs + ledger.main_backward_macs + ledger.selection_macs
+            self._auto["main_step"] = main / ledger.trained
+        if self._filter_streamed:
+            self._auto["sample_share"] = ledger.uncertainty_sampled / self._filter_streamed
+
+    def _in_full_phase(self) -> bool:
+        """True inside a full-training phase of EIF (``full_first`` / ``full_last``),
+        or in a run whose budget pays for training everything (``"auto"``)."""
+        assert self.filter is not None
+        if self._round_full:
+            return True
         cfg = self.filter.config
         if not (cfg.full_first or cfg.full_last) or self._progress is None:
             return False
@@ -337,6 +407,7 @@ class LocalTrainer:
             if ledger.spent_macs + step > budget:
                 return False
             self._account_streamed(idx, ledger)
+            ledger.aimed_trained += m
             self.queue = torch.cat([self.queue, idx])
             going = self._drain_queue(ledger, budget, full=True)
             if self.filter is not None:
@@ -346,9 +417,13 @@ class LocalTrainer:
 
         assert self.filter_cost is not None
         cfg = self.filter.config
+        if cfg.update == "per_batch":  # the step is on this batch's kept instances only
+            step = self._main_step_bound(self._kept_bound(m))
         if ledger.spent_macs + m * self.filter_cost.forward_macs + step > budget:
             return False
         self._account_streamed(idx, ledger)
+        self._filter_streamed += m
+        ledger.aimed_trained += self.filter.target_ratio * m
         x, y = self._fetch(idx)
         self._count_classes("streamed", y)
         decision = self.filter.decide(x, self.generator)
@@ -384,6 +459,13 @@ class LocalTrainer:
         self.filter.end_batch(m)
         return going
 
+    def _kept_bound(self, m: int) -> int:
+        """The most instances the filter keeps of a streamed batch of ``m``."""
+        assert self.filter is not None
+        if math.isnan(self.filter.threshold) or self.filter.config.keep_rule in ("argmax", "rank"):
+            return m  # the first batch is kept whole; these rules can keep any number
+        return min(m, math.ceil(self.filter.target_ratio * m))
+
     def _train_kept(
         self,
         idx: Tensor,
@@ -405,7 +487,7 @@ class LocalTrainer:
         weights = None
         if cfg.rescale and decision.prob_keep is not None:
             # 1/p, with p floored at R_set: a rarely kept easy instance does not dominate
-            weights = 1.0 / decision.prob_keep[keep].clamp(min=cfg.target_ratio)
+            weights = 1.0 / decision.prob_keep[keep].clamp(min=self.filter.target_ratio)
         denominator = _loss_divisor(cfg.loss_norm, n, len(idx))
         self._train_main(
             idx[keep.cpu()],
@@ -544,6 +626,8 @@ class LocalTrainer:
             "streamed_since_step": self._streamed_since_step,
             "generator": self.generator.get_state(),
         }
+        if self._auto:
+            state["auto"] = dict(self._auto)
         if self.filter is not None:
             state["filter"] = self.filter.state_dict()
         return state
@@ -554,6 +638,7 @@ class LocalTrainer:
         self.position = int(state["position"])
         self._streamed_since_step = int(state.get("streamed_since_step", 0))
         self.generator.set_state(state["generator"])
+        self._auto = {k: float(v) for k, v in state.get("auto", {}).items()}
         if self.filter is not None and "filter" in state:
             self.filter.load_state_dict(state["filter"])
 
