@@ -82,7 +82,11 @@ class EIFConfig:
         (0, 1); or ``"auto"``: chosen before each run (a device's round) from
         what its budget pays for (:mod:`fededge.auto_ratio`), between
         ``min_ratio`` and ``max_ratio``.
-    min_ratio, max_ratio : bounds of an ``"auto"`` R_set.
+    min_ratio, max_ratio : bounds of an ``"auto"`` R_set. ``min_ratio``
+        defaults to 0.2, the fixed default: below it the masked loss's step
+        shrinks with the kept share, and a device that keeps a tenth of every
+        arrival learned less than one that keeps a fifth of the arrivals its
+        budget reaches (budget sweep at 0.5x: 86.12% vs 94.26%, README).
     ratio_smoothing : with ``"auto"``, how much of a rise of the affordable
         R_set is held back, in [0, 1): the chosen R_set moves from the last
         one by ``(1 - ratio_smoothing)`` of the difference when it rises (a
@@ -134,7 +138,7 @@ class EIFConfig:
     """
 
     target_ratio: float | Literal["auto"] = 0.2
-    min_ratio: float = 0.05
+    min_ratio: float = 0.2
     max_ratio: float = 0.9
     ratio_smoothing: float = 0.0
     alpha_up: float = 1.02

@@ -140,7 +140,7 @@ class EIFSection(Section):
 
     enabled: StrictBool = False
     target_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] | Literal["auto"] = 0.2
-    min_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.05
+    min_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.2
     max_ratio: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.9
     ratio_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     alpha_up: Annotated[StrictFloat, Field(gt=1)] = 1.02

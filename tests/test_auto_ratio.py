@@ -99,7 +99,7 @@ def _auto_trainer(**eif: Any) -> LocalTrainer:
         SHAPE,
         TrainConfig(batch_size=32, lr=0.05),
         filter_net=filt,
-        eif=EIFConfig(target_ratio="auto", **eif),
+        eif=EIFConfig(target_ratio="auto", min_ratio=0.05, **eif),
         emp=EMPConfig(keep_ratio=0.5),
         seed=0,
     )
