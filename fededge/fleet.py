@@ -350,7 +350,10 @@ class FleetRuntime:
 
         try:
             run = trainer.run(
-                torch.from_numpy(arrivals), budget_macs=tier.budget_macs, progress=run_share
+                torch.from_numpy(arrivals),
+                budget_macs=tier.budget_macs,
+                progress=run_share,
+                flush=True,  # a round trains only what it streamed (trained <= streamed)
             )
         finally:
             trainer.close()

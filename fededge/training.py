@@ -7,7 +7,8 @@ Baseline SGD, EIF, EMP and EIF+EMP are this same loop (STYLE.md habit 5):
   reads each streamed mini-batch first and the main net takes one step on its
   predicted-high instances (``update = "per_batch"``, the paper's rule; the
   loss divisor is ``loss_norm``), or they are queued into full mini-batches of
-  ``batch_size`` that persist across calls (``update = "queued"``); uncertain
+  ``batch_size`` that persist across calls unless a call flushes them
+  (``update = "queued"``; a fleet device flushes at the end of each round); uncertain
   drops are run forward through the main net to label them; in a full-training
   phase (``full_first`` / ``full_last``) every instance is trained;
 * with EMP (:class:`~fededge.error_map.ErrorMapPruner`) the conv layers of the
@@ -275,7 +276,10 @@ class LocalTrainer:
         progress : the share of the whole run (0..1) done at a :attr:`position`;
             EIF's full-training phases (``full_first``, ``full_last``) need it.
         flush : after the stream, also train the queued remainder (< batch_size)
-            as a final smaller batch. Devices leave it queued for their next round.
+            as a final smaller batch; when the budget cannot pay for that step
+            (or stopped the stream), the remainder is dropped -- streamed, never
+            trained -- so a run trains only instances it streamed (a fleet
+            device's round: ``trained <= streamed``, which the server checks).
 
         Returns
         -------
@@ -317,6 +321,8 @@ class LocalTrainer:
                     self._train_filter(ledger, budget_macs, force=True)
             else:
                 stopped = True
+        if flush:
+            self.queue = self.queue[:0]
         if self.filter is not None and self.filter.config.auto:
             self._measure_costs(ledger)
         leftover = indices[cursor:]

@@ -283,10 +283,10 @@ def test_divergence_is_reported_as_such_and_the_run_fails(tmp_path: Path) -> Non
 
 def test_a_run_that_trains_nothing_claims_no_saving_and_exits_non_zero(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # plain SGD trains full mini-batches only: 1 arrival per round never makes one
-    text = GOLDEN.replace("arrivals_per_round = 256", "arrivals_per_round = 1")
-    off = ("--set", "savers.eif.enabled=false", "--set", "savers.emp.enabled=false")
-    result = _run(tmp_path, text, out, *off)
+    # every device fails its round: no reply trains an instance
+    text = GOLDEN.replace("count = 2\n", "count = 2\nfail_probability = 1.0\n")
+    assert text.count("fail_probability") == 2
+    result = _run(tmp_path, text, out)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
     assert "no device trained a single instance" in result.stderr
     rounds = pd.read_csv(out / "rounds.csv")

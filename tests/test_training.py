@@ -98,6 +98,25 @@ def test_tight_budget_stops_early_and_is_never_exceeded(savers: str) -> None:
     assert torch.equal(result.leftover, torch.arange(512)[ledger.streamed :])
 
 
+def test_a_flushed_run_trains_only_what_it_streamed() -> None:
+    # a fleet device's round: the remainder of the last mini-batch is trained, not carried
+    trainer = _trainer()
+    for _ in range(2):
+        ledger = trainer.run(torch.arange(50), flush=True).ledger
+        assert (ledger.streamed, ledger.trained, ledger.steps) == (50, 50, 2)
+        assert len(trainer.queue) == 0
+    # without flush the remainder waits, and the next call trains more than it streams
+    carried = _trainer()
+    assert carried.run(torch.arange(50)).ledger.trained == 32
+    assert carried.run(torch.arange(50)).ledger.trained == 64  # 18 carried + 50 > 50
+    # a budget that pays for one step: the remainder is not streamed, nothing is carried
+    tight = _trainer()
+    budget = 32 * tight.dense_step_macs + 1
+    result = tight.run(torch.arange(50), budget_macs=budget, flush=True)
+    assert (result.ledger.streamed, result.ledger.trained, len(result.leftover)) == (32, 32, 18)
+    assert len(tight.queue) == 0
+
+
 def test_same_seed_same_numbers_and_weights() -> None:
     a, b = _trainer("eif+emp", seed=3), _trainer("eif+emp", seed=3)
     la = a.run(torch.arange(384)).ledger
