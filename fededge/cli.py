@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"round {outcome.server_round:>3}/{scenario.run.rounds}  acc {acc_text}  "
             f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['sampled']}"
             f"  dropped {row['dropped']}  failed {row['failed'] + row['rejected']}  "
-            f"sim {row['cum_sim_s']:8.1f}s  wall {time.perf_counter() - started:6.1f}s",
+            f"sim {row['cum_sim_s']:8.1f}s  elapsed {time.perf_counter() - started:6.1f}s",
             flush=True,
         )
 
@@ -140,7 +140,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print()
     print(report.summary_text())
-    print(f"\nresults: {out_dir}")
+    from fededge.pages import render_run
+
+    try:
+        page = f" (report: {render_run(out_dir)})"
+    except FileNotFoundError:  # no round finished: no tables to render
+        page = ""
+    print(f"\nresults: {out_dir}{page}")
     failure = report.failure()
     if failure is not None:
         print(f"error: {failure}", file=sys.stderr)

@@ -215,6 +215,8 @@ RUN_TIER_COLUMNS = (
     Column("computation_saved", "saved", fmt_percent),
     Column("energy_j", "energy (J)", fmt_number),
     Column("budget_exhausted", "budget ran out", fmt_count),
+    Column("aimed_ratio", "R_set aimed", fmt_number),
+    Column("budget_used", "budget used", fmt_percent),
 )
 RUN_ROUND_COLUMNS = (
     Column("round", "round", fmt_count),
@@ -224,6 +226,8 @@ RUN_ROUND_COLUMNS = (
     Column("budget_exhausted", "budget ran out", fmt_count),
     Column("spent_macs", "spent MACs", fmt_si),
     Column("cum_computation_saved", "saved (cum.)", fmt_percent),
+    Column("aimed_ratio", "R_set aimed", fmt_number),
+    Column("budget_used", "budget used", fmt_percent),
     Column("accuracy", "accuracy", fmt_percent),
     Column("cum_sim_s", "sim. time (s)", fmt_number),
     Column("cum_energy_j", "energy (J, cum.)", fmt_number),
@@ -249,6 +253,26 @@ def read_tiers(folder: Path) -> pd.DataFrame:
         return pd.read_csv(path) if path.exists() else pd.DataFrame()
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return pd.DataFrame()
+
+
+def ratio_by_tier_and_round(folder: Path) -> pd.DataFrame:
+    """Mean R_set aimed at (``aimed_ratio``) per tier (rows) and round (columns) of
+    the devices that trained; empty when the run has no per-device table."""
+    for name, reader in (("devices.parquet", pd.read_parquet), ("devices.csv", pd.read_csv)):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            devices = pd.DataFrame(reader(path))
+        except (OSError, ValueError):
+            continue
+        if not {"tier", "round", "aimed_ratio", "status"} <= set(devices.columns):
+            return pd.DataFrame()
+        ok = devices[devices["status"] == "ok"]
+        table = ok.pivot_table(index="tier", columns="round", values="aimed_ratio", aggfunc="mean")
+        table.columns = [f"round {int(c)}" for c in table.columns]
+        return table.reset_index()
+    return pd.DataFrame()
 
 
 def render_run(folder: str | Path) -> Path:
@@ -287,6 +311,7 @@ def render_run(folder: str | Path) -> Path:
         html_list(facts),
         h2("Per tier"),
         formatted_html(tiers, RUN_TIER_COLUMNS) if not tiers.empty else "",
+        *ratio_blocks(out, tiers),
         h2("Plots"),
         html_image(out / "accuracy.png", "Test accuracy of the global model per round."),
         html_image(out / "macs.png", "Cumulative fleet MACs spent vs plain SGD on the same data."),
@@ -297,3 +322,24 @@ def render_run(folder: str | Path) -> Path:
     page = html_page(f"fededge run: {name}", blocks, meta=str(out))
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def ratio_blocks(out: Path, tiers: pd.DataFrame) -> list[str]:
+    """The run report's "R_set per tier and round" section (none without EIF)."""
+    if tiers.empty or "aimed_ratio" not in tiers or (tiers["aimed_ratio"].fillna(1.0) >= 1.0).all():
+        return []  # no tier selected instances: nothing to show
+    table = ratio_by_tier_and_round(out)
+    if table.empty:
+        return []
+    columns = [Column("tier", "tier")] + [
+        Column(c, c.removeprefix("round "), fmt_number) for c in table.columns if c != "tier"
+    ]
+    return [
+        h2("R_set per tier and round"),
+        paragraph(
+            "Mean share of each streamed mini-batch the devices aimed to train (R_set; 1: "
+            "everything trained). With target_ratio = \"auto\" each device chooses it "
+            "from its own budget before the round."
+        ),
+        formatted_html(table, columns),
+    ]

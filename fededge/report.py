@@ -394,7 +394,7 @@ class FleetReport:
             lines.append(
                 f"simulated time {s['sim_time_s']:.1f} s | dropped {s['dropped']} | "
                 f"failed {s['failed']} | rejected {s['rejected']} | skipped rounds "
-                f"{s['skipped_rounds']} | wall {s['wall_s']:.1f} s"
+                f"{s['skipped_rounds']} | wall time in rounds {s['wall_s']:.1f} s"
             )
         return "\n".join(lines)
 

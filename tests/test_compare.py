@@ -18,7 +18,7 @@ import pytest
 from fededge.cli import main
 from fededge.compare import head_to_head, load_results, render_compare, tier_table, variant_table
 from fededge.errors import ConfigError
-from fededge.pages import render_run
+from fededge.pages import ratio_by_tier_and_round, render_run
 from fededge.report import FleetReport, device_row
 from fededge.scenario import Scenario, load_scenario, parse_scenario
 from fededge.sweep import (
@@ -193,6 +193,7 @@ def fake_run(
                     "arrived": 100,
                     "streamed": 100,
                     "trained": 25 if savers_on else 100,
+                    "aimed_trained": 20 + 10 * rnd if savers_on else 100,
                     "main_forward_macs": spent,
                     "baseline_macs": baseline,
                     "budget_macs": tier.budget_macs,
@@ -469,6 +470,23 @@ def test_report_command_rerenders_a_single_run(base: Scenario, tmp_path: Path) -
     for name in ("accuracy.png", "macs.png", "saving_per_tier.png", "report.html"):
         assert (run / name).exists(), name
     assert render_run(run) == run / "report.html"
+
+
+def test_run_report_shows_the_ratio_each_tier_aimed_at_per_round(
+    base: Scenario, tmp_path: Path
+) -> None:
+    plan = plan_sweep(base, tmp_path)
+    on, off = plan.variants[1], plan.variants[0]
+    fake_run(on.folder, on.scenario, [0.3, 0.6], savers_on=True)
+    fake_run(off.folder, off.scenario, [0.3, 0.6], savers_on=False)
+
+    table = ratio_by_tier_and_round(on.folder).set_index("tier")
+    assert list(table.columns) == ["round 1", "round 2"]
+    assert (table["round 1"] == 0.3).all() and (table["round 2"] == 0.4).all()
+    page = render_run(on.folder).read_text()
+    assert "R_set per tier and round" in page and "R_set aimed" in page
+    # plain SGD aims at everything: no section
+    assert "R_set per tier and round" not in render_run(off.folder).read_text()
 
 
 def test_report_command_rejects_other_folders(tmp_path: Path) -> None:
