@@ -48,6 +48,13 @@ def add_compare(sub: Any) -> None:
         ),
     )
     p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="SEEDS",
+        help="run every budget level x saver setting once per seed, e.g. 0,1,2, and report "
+        "mean +- sd over seeds (default: [sweep] seeds or the scenario's run.seed)",
+    )
+    p.add_argument(
         "--target",
         type=float,
         default=None,
@@ -74,16 +81,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``fededge compare``: plan, run (skipping finished variants) and render a sweep."""
     from fededge.compare import render_compare
     from fededge.scenario import load_scenario
-    from fededge.sweep import parse_levels, parse_savers, plan_sweep, variant_state
+    from fededge.sweep import parse_levels, parse_savers, parse_seeds, plan_sweep, variant_state
 
     scenario = load_scenario(args.scenario, args.overrides)
     budgets = parse_levels(args.budgets) if args.budgets else None
     savers = parse_savers(args.savers) if args.savers else None
+    seeds = parse_seeds(args.seeds) if args.seeds else None
     out = args.out or Path("runs") / f"{scenario.run.name}-compare"
-    plan = plan_sweep(scenario, out, budgets=budgets, savers=savers, target_accuracy=args.target)
+    plan = plan_sweep(
+        scenario, out, budgets=budgets, savers=savers, target_accuracy=args.target, seeds=seeds
+    )
     print(
         f"fededge {__version__}: {scenario.run.name}: {len(plan.variants)} variants = budget "
-        f"levels {', '.join(f'{b:g}x' for b in plan.budgets)} x savers {', '.join(plan.savers)}; "
+        f"levels {', '.join(f'{b:g}x' for b in plan.budgets)} x savers {', '.join(plan.savers)}"
+        + (f" x seeds {', '.join(map(str, plan.seeds))}" if plan.seeds else "")
+        + "; "
         f"{scenario.num_devices} devices, {scenario.run.rounds} rounds -> {out}"
     )
     for tier in plan.tiers:

@@ -12,7 +12,10 @@ another target accuracy -- without running anything. It writes:
 * ``tiers.csv`` -- the same per variant and tier (accuracy is the global
   model's, so it is a fleet column only);
 * ``head_to_head.csv`` -- each saver setting against plain SGD (``none``) at
-  the same budget level, with the budget-limited tiers' totals;
+  the same budget level, with the budget-limited tiers' totals (several seeds:
+  means over seed pairs and the sd of the per-seed differences);
+* ``settings.csv`` -- one row per budget level x saver setting: mean and sd
+  over seeds of the variant figures (one seed: sd NaN);
 * ``report.md`` and ``report.html`` (self-contained), and the plots
   ``accuracy_vs_macs.png``, ``accuracy_vs_budget.png``, ``saving_per_tier.png``.
 """
@@ -20,6 +23,7 @@ another target accuracy -- without running anything. It writes:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,6 +133,7 @@ def variant_table(
             "variant": e.name,
             "budget": e.budget,
             "savers": e.savers,
+            "seed": e.seed if e.seed is not None else manifest_seed(manifest),
             "status": r.status,
             "rounds": int(rounds["round"].max()) if len(rounds) else 0,
         }
@@ -201,12 +206,55 @@ def tier_table(manifest: SweepManifest, results: list[VariantResult]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def manifest_seed(manifest: SweepManifest) -> int | None:
+    """The seed of a single-seed sweep's variants (None when the manifest predates seeds)."""
+    return manifest.seed
+
+
+#: Figures of a variant summarised over seeds (mean, sd) in ``settings.csv``.
+SPREAD_KEYS = (
+    "final_accuracy",
+    "best_accuracy",
+    "rounds_to_target",
+    "time_to_target_s",
+    "spent_macs",
+    "computation_saved",
+    "energy_j",
+    "trained",
+    "streamed",
+)
+
+
+def setting_table(variants: pd.DataFrame) -> pd.DataFrame:
+    """One row per budget level x saver setting: ``seeds`` (how many finished) and the
+    mean and standard deviation (``*_sd``, ddof 1; NaN with one seed) over seeds of
+    :data:`SPREAD_KEYS`. A target never reached by a seed makes its time NaN there;
+    ``target_reached`` counts the seeds that reached it."""
+    done = variants[variants["status"] == "finished"] if len(variants) else variants
+    rows = []
+    for (level, setting), group in (
+        done.groupby(["budget", "savers"], sort=False) if len(done) else ()
+    ):
+        row: dict[str, Any] = {"budget": level, "savers": setting, "seeds": len(group)}
+        for key in SPREAD_KEYS:
+            values = group[key].astype(float)
+            row[key] = float(values.mean())
+            row[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        row["target_reached"] = int(group["time_to_target_s"].notna().sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def head_to_head(variants: pd.DataFrame, tiers: pd.DataFrame) -> pd.DataFrame:
     """Each saver setting against plain SGD (``none``) at the same budget level.
 
     Accuracy columns are the global model's; ``*_limited`` columns add up the
     tiers that have a budget (instances streamed and trained, how often their
-    budget ran out). Empty when ``none`` was not part of the sweep.
+    budget ran out). With several seeds every figure is the mean over the seeds
+    both sides finished, paired by seed; ``delta_final_accuracy_sd`` is the
+    standard deviation of the per-seed differences (NaN with one seed) and
+    ``beyond_spread`` says whether the mean difference exceeds it. Empty when
+    ``none`` was not part of the sweep.
     """
     have = variants[variants["status"] != "missing"] if len(variants) else variants
     rows = []
@@ -215,34 +263,58 @@ def head_to_head(variants: pd.DataFrame, tiers: pd.DataFrame) -> pd.DataFrame:
         base = at[at["savers"] == "none"]
         if base.empty:
             continue
-        b = base.iloc[0]
-        for _, v in at[at["savers"] != "none"].iterrows():
-            lb = _limited(tiers, str(b["variant"]))
-            lv = _limited(tiers, str(v["variant"]))
-            rows.append(
-                {
-                    "budget": level,
-                    "savers": v["savers"],
-                    "sgd_final_accuracy": b["final_accuracy"],
-                    "savers_final_accuracy": v["final_accuracy"],
-                    "delta_final_accuracy": v["final_accuracy"] - b["final_accuracy"],
-                    "sgd_best_accuracy": b["best_accuracy"],
-                    "savers_best_accuracy": v["best_accuracy"],
-                    "delta_best_accuracy": v["best_accuracy"] - b["best_accuracy"],
-                    "sgd_time_to_target_s": b["time_to_target_s"],
-                    "savers_time_to_target_s": v["time_to_target_s"],
-                    "sgd_streamed_limited": lb["streamed"],
-                    "savers_streamed_limited": lv["streamed"],
-                    "sgd_trained_limited": lb["trained"],
-                    "savers_trained_limited": lv["trained"],
-                    "sgd_exhausted_share_limited": lb["exhausted_share"],
-                    "savers_exhausted_share_limited": lv["exhausted_share"],
-                    "savers_saved_limited": lv["saved"],
-                    "complete": b["status"] == "finished" and v["status"] == "finished",
-                    "caution": "; ".join(filter(None, (_trouble(b), _trouble(v)))),
-                }
-            )
+        for setting in dict.fromkeys(at.loc[at["savers"] != "none", "savers"]):
+            pairs = []
+            for _, v in at[at["savers"] == setting].iterrows():
+                same = base[base["seed"].astype(object).eq(v["seed"])]
+                if len(same):
+                    pairs.append((same.iloc[0], v))
+            if pairs:
+                rows.append(_pair_row(level, setting, pairs, tiers))
     return pd.DataFrame(rows)
+
+
+def _pair_row(
+    level: float, setting: str, pairs: list[tuple[pd.Series, pd.Series]], tiers: pd.DataFrame
+) -> dict[str, Any]:
+    """The head-to-head row of one setting at one level, over its seed pairs."""
+
+    def mean(side: int, key: str) -> float:  # NaN when any seed has none (a target not reached)
+        return float(pd.Series([p[side][key] for p in pairs], dtype=float).mean(skipna=False))
+
+    def limited(side: int, key: str) -> float:
+        values = [_limited(tiers, str(p[side]["variant"]))[key] for p in pairs]
+        return float(pd.Series(values, dtype=float).mean())
+
+    deltas = pd.Series([v["final_accuracy"] - b["final_accuracy"] for b, v in pairs], dtype=float)
+    delta = float(deltas.mean())
+    spread = float(deltas.std(ddof=1)) if len(deltas) > 1 else math.nan
+    return {
+        "budget": level,
+        "savers": setting,
+        "seeds": len(pairs),
+        "sgd_final_accuracy": mean(0, "final_accuracy"),
+        "savers_final_accuracy": mean(1, "final_accuracy"),
+        "delta_final_accuracy": delta,
+        "delta_final_accuracy_sd": spread,
+        "beyond_spread": bool(abs(delta) > spread) if len(deltas) > 1 else None,
+        "sgd_best_accuracy": mean(0, "best_accuracy"),
+        "savers_best_accuracy": mean(1, "best_accuracy"),
+        "delta_best_accuracy": mean(1, "best_accuracy") - mean(0, "best_accuracy"),
+        "sgd_time_to_target_s": mean(0, "time_to_target_s"),
+        "savers_time_to_target_s": mean(1, "time_to_target_s"),
+        "sgd_streamed_limited": limited(0, "streamed"),
+        "savers_streamed_limited": limited(1, "streamed"),
+        "sgd_trained_limited": limited(0, "trained"),
+        "savers_trained_limited": limited(1, "trained"),
+        "sgd_exhausted_share_limited": limited(0, "exhausted_share"),
+        "savers_exhausted_share_limited": limited(1, "exhausted_share"),
+        "savers_saved_limited": limited(1, "saved"),
+        "complete": all(b["status"] == "finished" and v["status"] == "finished" for b, v in pairs),
+        "caution": "; ".join(
+            filter(None, (t for b, v in pairs for t in (_trouble(b), _trouble(v))))
+        ),
+    }
 
 
 def _trouble(variant: pd.Series) -> str:
@@ -269,14 +341,41 @@ def _limited(tiers: pd.DataFrame, variant: str) -> dict[str, float]:
     }
 
 
-def findings(h2h: pd.DataFrame, target: float | None) -> list[str]:
-    """One sentence per head-to-head row, plus a verdict per saver setting."""
+#: Fewer rounds than this and the findings say the comparison means little.
+FEW_ROUNDS = 5
+
+
+def findings(h2h: pd.DataFrame, target: float | None, rounds: int | None = None) -> list[str]:
+    """One sentence per head-to-head row, plus a verdict per saver setting.
+
+    With several seeds a difference is called higher or lower only when the
+    mean difference exceeds the standard deviation of the per-seed differences;
+    otherwise it is "within the seed spread". With one seed the spread is
+    unknown and the sentence says so.
+    """
     lines = []
+    if rounds is not None and rounds < FEW_ROUNDS:
+        lines.append(
+            f"Caution: only {rounds} rounds per variant; accuracies this early mostly show how "
+            "fast training starts, not where it ends (use run.rounds of at least "
+            f"{FEW_ROUNDS})."
+        )
     for _, r in h2h.iterrows():
         delta = r["delta_final_accuracy"]
         if pd.isna(delta):
             continue
-        word = "higher" if delta > 0 else "lower" if delta < 0 else "the same"
+        seeds = int(r.get("seeds", 1) or 1)
+        spread = r.get("delta_final_accuracy_sd", math.nan)
+        if seeds > 1 and not pd.isna(spread):
+            word = (
+                ("higher" if delta > 0 else "lower")
+                if abs(delta) > spread
+                else "within the seed spread"
+            )
+            word = f"{word}; sd of the per-seed difference {fmt_spread(spread)} over {seeds} seeds"
+        else:
+            word = "higher" if delta > 0 else "lower" if delta < 0 else "the same"
+            word += "; one seed: the spread is not measured"
         text = (
             f"At {fmt_level(r['budget'])} budget, {r['savers']} ended at "
             f"{fmt_percent(r['savers_final_accuracy'])} vs {fmt_percent(r['sgd_final_accuracy'])} "
@@ -303,10 +402,16 @@ def findings(h2h: pd.DataFrame, target: float | None) -> list[str]:
     for setting in dict.fromkeys(h2h["savers"]) if len(h2h) else ():
         rows = h2h[(h2h["savers"] == setting) & h2h["delta_final_accuracy"].notna()]
         if len(rows) > 1:
-            wins = int((rows["delta_final_accuracy"] > 0).sum())
+            ahead = rows["delta_final_accuracy"] > 0
+            if "beyond_spread" in rows and rows["beyond_spread"].notna().all():
+                ahead &= rows["beyond_spread"].astype(bool)
+                how = "by more than the seed spread "
+            else:
+                how = ""
+            wins = int(ahead.sum())
             lines.append(
-                f"{setting} beat plain SGD's final accuracy at {wins} of {len(rows)} budget levels "
-                f"(mean difference {fmt_points(rows['delta_final_accuracy'].mean())})."
+                f"{setting} beat plain SGD's final accuracy {how}at {wins} of {len(rows)} budget "
+                f"levels (mean difference {fmt_points(rows['delta_final_accuracy'].mean())})."
             )
     return lines
 
@@ -341,8 +446,14 @@ def _time_or_unreached(value: Any) -> str:
     return "not reached" if pd.isna(value) else fmt_number(value)
 
 
+def fmt_spread(value: Any) -> str:
+    """A standard deviation of accuracies in percentage points, unsigned (``1.73 pp``)."""
+    return "–" if pd.isna(value) else f"{100 * float(value):.2f} pp"
+
+
 VARIANT_COLUMNS = (
     Column("variant", "variant"),
+    Column("seed", "seed", fmt_count),
     Column("status", "status"),
     Column("final_accuracy", "final acc.", fmt_percent),
     Column("best_accuracy", "best acc.", fmt_percent),
@@ -376,9 +487,11 @@ TIER_COLUMNS = (
 H2H_COLUMNS = (
     Column("budget", "budget", fmt_level),
     Column("savers", "savers"),
+    Column("seeds", "seeds", fmt_count),
     Column("sgd_final_accuracy", "plain SGD acc.", fmt_percent),
     Column("savers_final_accuracy", "savers acc.", fmt_percent),
     Column("delta_final_accuracy", "Δ acc.", fmt_points),
+    Column("delta_final_accuracy_sd", "sd of Δ (seeds)", fmt_spread),
     Column("delta_best_accuracy", "Δ best acc.", fmt_points),
     Column("sgd_time_to_target_s", "SGD sim. s to target", _time_or_unreached),
     Column("savers_time_to_target_s", "savers sim. s to target", _time_or_unreached),
@@ -389,6 +502,39 @@ H2H_COLUMNS = (
     Column("sgd_exhausted_share_limited", "SGD budget ran out", fmt_percent),
     Column("savers_exhausted_share_limited", "savers budget ran out", fmt_percent),
     Column("savers_saved_limited", "savers saved (limited tiers)", fmt_percent),
+)
+
+
+def _mean_sd(mean: Any, sd: Any, fmt: Callable[[Any], str]) -> str:
+    return fmt(mean) if pd.isna(sd) else f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def spread_frame(settings: pd.DataFrame) -> pd.DataFrame:
+    """:func:`setting_table` with each figure as one ``mean ± sd`` text column."""
+    out = settings[["budget", "savers", "seeds", "target_reached"]].copy()
+    for key, fmt in (
+        ("final_accuracy", fmt_percent),
+        ("best_accuracy", fmt_percent),
+        ("time_to_target_s", fmt_number),
+        ("computation_saved", fmt_percent),
+        ("spent_macs", fmt_si),
+    ):
+        out[key] = [
+            _mean_sd(m, sd, fmt) for m, sd in zip(settings[key], settings[f"{key}_sd"], strict=True)
+        ]
+    return out
+
+
+SPREAD_COLUMNS = (
+    Column("budget", "budget", fmt_level),
+    Column("savers", "savers"),
+    Column("seeds", "seeds", fmt_count),
+    Column("final_accuracy", "final acc."),
+    Column("best_accuracy", "best acc."),
+    Column("time_to_target_s", "sim. s to target"),
+    Column("target_reached", "seeds at target", fmt_count),
+    Column("computation_saved", "saved"),
+    Column("spent_macs", "fleet MACs"),
 )
 BUDGET_COLUMNS = (
     Column("tier", "tier"),
@@ -435,18 +581,27 @@ def render_compare(
     variants = variant_table(manifest, results, target)
     tiers = tier_table(manifest, results)
     h2h = head_to_head(variants, tiers)
-    lines = tuple(findings(h2h, target))
-    for frame, stem in ((variants, "variants"), (tiers, "tiers"), (h2h, "head_to_head")):
+    settings = setting_table(variants)
+    lines = tuple(findings(h2h, target, manifest.rounds))
+    tables = (
+        (variants, "variants"),
+        (tiers, "tiers"),
+        (h2h, "head_to_head"),
+        (settings, "settings"),
+    )
+    for frame, stem in tables:
         atomic_write_frame(frame, out / f"{stem}.csv")
         atomic_write_frame(frame, out / f"{stem}.parquet")  # exact types for pandas users
     if plots:
         from fededge.plots import compare_plots
 
         rounds = {r.entry.name: r.rounds for r in results if r.status != "missing"}
-        compare_plots(variants, rounds, tiers, out, title=manifest.name, target=target)
+        compare_plots(
+            variants, rounds, tiers, out, title=manifest.name, target=target, spread_table=settings
+        )
     md_path, html_path = out / "report.md", out / "report.html"
-    atomic_write_text(md_path, compare_markdown(manifest, variants, tiers, h2h, lines))
-    atomic_write_text(html_path, compare_html(out, manifest, variants, tiers, h2h, lines))
+    atomic_write_text(md_path, compare_markdown(manifest, variants, tiers, h2h, lines, settings))
+    atomic_write_text(html_path, compare_html(out, manifest, variants, tiers, h2h, lines, settings))
     return Comparison(manifest, variants, tiers, h2h, lines, html_path, md_path)
 
 
@@ -487,6 +642,7 @@ def compare_markdown(
     tiers: pd.DataFrame,
     h2h: pd.DataFrame,
     lines: tuple[str, ...],
+    settings: pd.DataFrame | None = None,
 ) -> str:
     """The comparison as a Markdown document (plots linked, not embedded)."""
     parts = [f"# Budget sweep: {manifest.name}", "", *_setup_text(manifest), ""]
@@ -499,6 +655,13 @@ def compare_markdown(
         parts += ["", "## Savers vs plain SGD at equal budget", ""]
         parts += [f"- {line}" for line in lines]
         parts += ["", formatted_markdown(h2h, H2H_COLUMNS)]
+    if manifest.seeds and settings is not None and len(settings):
+        parts += [
+            "",
+            "## Over seeds (mean ± sd)",
+            "",
+            formatted_markdown(spread_frame(settings), SPREAD_COLUMNS),
+        ]
     parts += ["", "## Variants", "", formatted_markdown(variants, VARIANT_COLUMNS)]
     parts += ["", "## Variants per tier", "", formatted_markdown(tiers, TIER_COLUMNS), ""]
     parts += ["## Plots", ""]
@@ -513,6 +676,7 @@ def compare_html(
     tiers: pd.DataFrame,
     h2h: pd.DataFrame,
     lines: tuple[str, ...],
+    settings: pd.DataFrame | None = None,
 ) -> str:
     """The comparison as one self-contained HTML page (plots embedded)."""
     blocks = [paragraph(t) for t in _setup_text(manifest)]
@@ -520,6 +684,11 @@ def compare_html(
     if len(h2h):
         blocks += [h2("Savers vs plain SGD at equal budget"), html_list(lines, "findings")]
         blocks.append(formatted_html(h2h, H2H_COLUMNS))
+    if manifest.seeds and settings is not None and len(settings):
+        blocks += [
+            h2("Over seeds (mean ± sd)"),
+            formatted_html(spread_frame(settings), SPREAD_COLUMNS),
+        ]
     blocks.append(h2("Plots"))
     blocks += [html_image(out_dir / name, caption) for name, caption in PLOTS]
     blocks += [h2("Variants"), formatted_html(variants, VARIANT_COLUMNS)]

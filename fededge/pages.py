@@ -338,7 +338,7 @@ def ratio_blocks(out: Path, tiers: pd.DataFrame) -> list[str]:
         h2("R_set per tier and round"),
         paragraph(
             "Mean share of each streamed mini-batch the devices aimed to train (R_set; 1: "
-            "everything trained). With target_ratio = \"auto\" each device chooses it "
+            'everything trained). With target_ratio = "auto" each device chooses it '
             "from its own budget before the round."
         ),
         formatted_html(table, columns),

@@ -67,12 +67,14 @@ def compare_plots(
     *,
     title: str,
     target: float | None = None,
+    spread_table: pd.DataFrame | None = None,
 ) -> list[Path]:
     """The plots of a budget sweep (see :mod:`fededge.compare`); returns the files written.
 
     * ``accuracy_vs_macs.png``: accuracy against cumulative fleet MACs, one
       panel per budget level, one curve per saver setting, a point per round;
-    * ``accuracy_vs_budget.png``: final accuracy against the budget level;
+    * ``accuracy_vs_budget.png``: final accuracy against the budget level
+      (several seeds: the mean over seeds, error bars one sd, from ``spread_table``);
     * ``saving_per_tier.png``: computation saved per tier and budget level,
       one panel per saver setting other than ``none`` (which saves 0%).
     """
@@ -92,18 +94,21 @@ def compare_plots(
     for ax, level in zip(axes.flat, levels, strict=False):
         for setting in settings:
             row = have[(have["budget"] == level) & (have["savers"] == setting)]
-            frame = rounds.get(str(row["variant"].iloc[0])) if len(row) else None
-            if frame is None or frame.empty:
-                continue
-            ev = frame.dropna(subset=["accuracy"])
-            ax.plot(
-                ev["cum_spent_macs"],
-                100 * ev["accuracy"],
-                marker="o",
-                ms=3.5,
-                color=SAVER_COLORS.get(setting),
-                label=setting,
-            )
+            for k, name in enumerate(row["variant"]):  # one curve per seed, one label
+                frame = rounds.get(str(name))
+                if frame is None or frame.empty:
+                    continue
+                ev = frame.dropna(subset=["accuracy"])
+                ax.plot(
+                    ev["cum_spent_macs"],
+                    100 * ev["accuracy"],
+                    marker="o",
+                    ms=3.5,
+                    lw=1.5 if len(row) == 1 else 1.0,
+                    alpha=1.0 if len(row) == 1 else 0.7,
+                    color=SAVER_COLORS.get(setting),
+                    label=setting if k == 0 else None,
+                )
         if target is not None:
             ax.axhline(100 * target, color="black", ls=":", lw=1, label="target")
         ax.set_title(f"budget {level:g}x")
@@ -120,7 +125,21 @@ def compare_plots(
 
     # final accuracy vs budget level
     fig, ax = plt.subplots(figsize=(6, 4))
+    spread = spread_table is not None and bool((spread_table.get("seeds", pd.Series()) > 1).any())
     for setting in settings:
+        if spread:
+            assert spread_table is not None
+            rows = spread_table[spread_table["savers"] == setting].sort_values("budget")
+            ax.errorbar(
+                rows["budget"],
+                100 * rows["final_accuracy"],
+                yerr=100 * rows["final_accuracy_sd"].fillna(0.0),
+                marker="o",
+                capsize=3,
+                color=SAVER_COLORS.get(setting),
+                label=f"{setting} (mean ± sd over seeds)",
+            )
+            continue
         rows = have[have["savers"] == setting].sort_values("budget")
         ax.plot(
             rows["budget"],

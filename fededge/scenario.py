@@ -30,7 +30,7 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
                    foreign_devices, aggregation, trim_fraction, byzantine, norm_bound,
                    norm_action
     [simulation]   client_cpus, client_gpus, max_concurrent, ray_address, threads_per_client
-    [sweep]        budgets, savers
+    [sweep]        budgets, savers, target_accuracy, seeds
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class SimulationSection(Section):
 
 
 class SweepSection(Section):
-    """``[sweep]``: budget multipliers and saver settings compared by ``fededge compare``."""
+    """``[sweep]``: budget multipliers, saver settings and seeds compared by ``fededge compare``."""
 
     budgets: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (1.0,)
     savers: Annotated[
@@ -344,6 +344,7 @@ class SweepSection(Section):
         "eif+emp",
     )
     target_accuracy: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    seeds: Annotated[tuple[NonNegInt, ...], Field(min_length=1)] | None = None
 
 
 class ScenarioModel(Section):

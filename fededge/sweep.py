@@ -10,10 +10,13 @@ simulation in ``server.sweep``; a fake in tests), then renders the comparison
   without a budget stays unlimited at every level;
 * the saver setting (``none``, ``eif``, ``emp``, ``eif+emp``) switches EIF and
   EMP on or off for the whole fleet, per-tier ``savers`` overrides included;
-  the savers' parameters are kept.
+  the savers' parameters are kept;
+* with several seeds (``--seeds 0,1,2`` or ``[sweep] seeds``) every budget
+  level x saver setting runs once per seed (``run.seed``), and the comparison
+  reports the mean and standard deviation over seeds.
 
-Everything else -- seed, streams, dropouts, initial weights -- is the same in
-every variant, so differences come from budgets and savers alone.
+Everything else -- streams, dropouts, initial weights (for one seed) -- is the
+same in every variant, so differences come from budgets and savers alone.
 
 Each variant runs into its own folder with the normal fleet report. When it
 finishes, a ``done.json`` marker records the variant's scenario digest; a
@@ -68,15 +71,18 @@ class Variant:
     savers : ``none``, ``eif``, ``emp`` or ``eif+emp``; ``eif:auto`` and
         ``eif+emp:auto`` also set ``savers.eif.target_ratio = "auto"`` (R_set
         chosen from each device's budget, :mod:`fededge.auto_ratio`).
+    seed : ``run.seed`` of this variant; None keeps the scenario's.
     """
 
     budget: float
     savers: str
+    seed: int | None = None  # None: the scenario's run.seed (a single-seed sweep)
 
     @property
     def name(self) -> str:
-        """Folder-safe name, e.g. ``x0.5-eif+emp`` or ``x1-eif+emp-auto``."""
-        return f"x{self.budget:g}-{self.savers.replace(':', '-')}"
+        """Folder-safe name, e.g. ``x0.5-eif+emp``, ``x1-eif+emp-auto`` or ``x1-none-s2``."""
+        name = f"x{self.budget:g}-{self.savers.replace(':', '-')}"
+        return name if self.seed is None else f"{name}-s{self.seed}"
 
     @property
     def auto_ratio(self) -> bool:
@@ -119,6 +125,7 @@ class VariantEntry:
     savers: str
     digest: str
     folder: str  # relative to the sweep folder
+    seed: int | None = None  # None: the base scenario's run.seed
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,8 @@ class SweepManifest:
     target_accuracy: float | None
     tiers: tuple[TierBudget, ...]
     variants: tuple[VariantEntry, ...]
+    seeds: tuple[int, ...] = ()  # the seeds of a multi-seed sweep; () for one seed
+    seed: int | None = None  # the base scenario's run.seed (a single-seed sweep's)
 
     def to_json(self) -> str:
         """JSON text (``inf`` budgets written as null)."""
@@ -160,6 +169,8 @@ class SweepManifest:
             target_accuracy=data.get("target_accuracy"),
             tiers=tiers,
             variants=tuple(VariantEntry(**v) for v in data["variants"]),
+            seeds=tuple(int(x) for x in data.get("seeds", ())),
+            seed=data.get("seed"),
         )
 
 
@@ -183,6 +194,7 @@ class SweepPlan:
     target_accuracy: float | None
     tiers: tuple[TierBudget, ...]
     variants: tuple[PlannedVariant, ...]
+    seeds: tuple[int, ...] = ()
 
     def manifest(self) -> SweepManifest:
         """The plan as recorded in ``compare.json``."""
@@ -202,9 +214,12 @@ class SweepPlan:
                     savers=v.variant.savers,
                     digest=v.scenario.digest,
                     folder=str(v.folder.relative_to(self.out_dir)),
+                    seed=v.variant.seed,
                 )
                 for v in self.variants
             ),
+            seeds=self.seeds,
+            seed=self.base.run.seed,
         )
 
 
@@ -258,6 +273,26 @@ def parse_savers(text: str, *, where: str = "--savers") -> tuple[str, ...]:
     return tuple(settings)
 
 
+def parse_seeds(text: str, *, where: str = "--seeds") -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``.
+
+    Raises
+    ------
+    ConfigError
+        When an entry is not an integer >= 0.
+    """
+    seeds: list[int] = []
+    issues = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit():
+            seeds.append(int(part))
+        else:
+            issues.append(ConfigIssue(where, f"expected integers >= 0, e.g. 0,1,2, got {part!r}"))
+    if issues:
+        raise ConfigError(issues)
+    return tuple(seeds)
+
+
 def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(values))
 
@@ -282,6 +317,8 @@ def variant_raw(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
     savers.setdefault("emp", {})["enabled"] = emp
     if variant.auto_ratio:
         savers["eif"]["target_ratio"] = "auto"
+    if variant.seed is not None:
+        run["seed"] = variant.seed
     for tier in raw.get("fleet", {}).get("tiers", []):
         for key in BUDGET_FIELDS:
             if tier.get(key) is not None:
@@ -322,12 +359,14 @@ def plan_sweep(
     budgets: Sequence[float] | None = None,
     savers: Sequence[str] | None = None,
     target_accuracy: float | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> SweepPlan:
     """Plan every variant of a sweep and validate its scenario.
 
     Arguments win over the scenario's ``[sweep]`` section, which wins over the
-    defaults (budget level 1; savers ``none`` and ``eif+emp``). Repeated levels
-    or settings are dropped.
+    defaults (budget level 1; savers ``none`` and ``eif+emp``; the scenario's
+    own seed). Repeated levels, settings or seeds are dropped; more than one
+    seed runs every level x setting once per seed.
 
     Raises
     ------
@@ -339,6 +378,10 @@ def plan_sweep(
     sweep = base.sweep
     levels = _unique(float(b) for b in (budgets or (sweep.budgets if sweep else DEFAULT_BUDGETS)))
     settings = _unique(savers or (sweep.savers if sweep else DEFAULT_SAVERS))
+    seed_list = _unique(int(x) for x in (seeds or (sweep.seeds if sweep and sweep.seeds else ())))
+    per_seed: tuple[int | None, ...] = seed_list if len(seed_list) > 1 else (None,)
+    if len(seed_list) == 1:  # one seed given: that seed, under the usual names
+        base = build_scenario(_with_seed(base.raw, seed_list[0]), base.source)
     target = (
         target_accuracy
         if target_accuracy is not None
@@ -363,8 +406,8 @@ def plan_sweep(
     out = Path(out_dir)
     planned = []
     for level in levels:
-        for setting in settings:
-            variant = Variant(level, setting)
+        for setting, seed in ((st, sd) for st in settings for sd in per_seed):
+            variant = Variant(level, setting, seed)
             try:
                 scenario = build_scenario(variant_raw(base.raw, variant), base.source)
             except ConfigError as exc:
@@ -381,7 +424,14 @@ def plan_sweep(
             "no tier of %s has a budget: every budget level runs the same unlimited fleet",
             base.run.name,
         )
-    return SweepPlan(base, out, levels, settings, target, tiers, tuple(planned))
+    multi = seed_list if len(seed_list) > 1 else ()
+    return SweepPlan(base, out, levels, settings, target, tiers, tuple(planned), multi)
+
+
+def _with_seed(raw: dict[str, Any], seed: int) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    out.setdefault("run", {})["seed"] = seed
+    return out
 
 
 # --------------------------------------------------------------------------- state

@@ -27,6 +27,7 @@ from fededge.sweep import (
     SweepPlan,
     parse_levels,
     parse_savers,
+    parse_seeds,
     plan_sweep,
     read_manifest,
     run_sweep,
@@ -236,6 +237,68 @@ def finished_sweep(base: Scenario, tmp_path: Path) -> SweepPlan:
     return plan
 
 
+# --------------------------------------------------------------------------- seeds
+#: final accuracy per (variant without seed, seed): at 0.5x the savers are ahead by
+#: 0.2 +- 0.01 (beyond the spread); at 2x by 0.01, 0.05, -0.03 (within it)
+SEEDED = {
+    ("x0.5-none", 0): 0.40, ("x0.5-none", 1): 0.42, ("x0.5-none", 2): 0.41,
+    ("x0.5-eif+emp", 0): 0.60, ("x0.5-eif+emp", 1): 0.63, ("x0.5-eif+emp", 2): 0.60,
+    ("x2-none", 0): 0.70, ("x2-none", 1): 0.68, ("x2-none", 2): 0.72,
+    ("x2-eif+emp", 0): 0.71, ("x2-eif+emp", 1): 0.73, ("x2-eif+emp", 2): 0.69,
+}  # fmt: skip
+
+
+def test_several_seeds_give_mean_sd_and_findings_that_respect_the_spread(
+    base: Scenario, tmp_path: Path
+) -> None:
+    plan = plan_sweep(base, tmp_path, seeds=(0, 1, 2))
+    assert plan.seeds == (0, 1, 2) and len(plan.variants) == 2 * 2 * 3
+    assert {v.scenario.run.seed for v in plan.variants} == {0, 1, 2}
+    assert plan.variants[0].variant.name == "x0.5-none-s0"
+
+    def runner(scenario: Scenario, folder: Path, resume: bool) -> FleetReport:
+        stem, seed = folder.name.rsplit("-s", 1)
+        assert scenario.run.seed == int(seed)
+        return fake_run(folder, scenario, [0.3, SEEDED[stem, int(seed)]], savers_on="eif" in stem)
+
+    assert not run_sweep(plan, runner).failed
+    result = render_compare(tmp_path)
+
+    settings = pd.read_csv(tmp_path / "settings.csv").set_index(["budget", "savers"])
+    low = settings.loc[(0.5, "eif+emp")]
+    assert low["seeds"] == 3
+    assert low["final_accuracy"] == pytest.approx(0.61)
+    assert low["final_accuracy_sd"] == pytest.approx(pd.Series([0.60, 0.63, 0.60]).std())
+    h2h = result.head_to_head.set_index("budget")
+    assert h2h.loc[0.5, "delta_final_accuracy"] == pytest.approx(0.2, abs=1e-9)
+    assert h2h.loc[0.5, "beyond_spread"] and not h2h.loc[2.0, "beyond_spread"]
+    assert h2h.loc[2.0, "delta_final_accuracy_sd"] == pytest.approx(0.04)
+    text = " ".join(result.findings)
+    assert "higher; sd of the per-seed difference" in text
+    assert "within the seed spread" in text
+    assert "by more than the seed spread at 1 of 2 budget levels" in text
+    page = result.html.read_text()
+    assert "Over seeds (mean ± sd)" in page and "61.00% ± 1.73" in page
+    assert (tmp_path / "accuracy_vs_budget.png").stat().st_size > 0
+
+
+def test_one_seed_findings_say_the_spread_is_unknown_and_few_rounds_warn(
+    finished_sweep: SweepPlan,
+) -> None:
+    result = render_compare(finished_sweep.out_dir)
+    text = " ".join(result.findings)
+    assert "one seed: the spread is not measured" in text
+    assert "Caution: only 2 rounds per variant" in text
+    assert set(result.variants["seed"]) == {finished_sweep.base.run.seed}
+
+
+def test_seeds_are_checked() -> None:
+    assert parse_seeds("0, 1,2") == (0, 1, 2)
+    with pytest.raises(ConfigError) as bad:
+        parse_seeds("0,x,-1")
+    assert [i.path for i in bad.value.issues] == ["--seeds", "--seeds"]
+
+
 # --------------------------------------------------------------------------- skip / resume
 def test_variant_state_detects_finished_resumable_stale_and_new(
     finished_sweep: SweepPlan, tmp_path: Path
@@ -331,7 +394,7 @@ def test_partial_failures_are_counted_and_flagged(base: Scenario, tmp_path: Path
     row = comparison.variants.set_index("variant").loc["x1-none"]
     assert row["failed_replies"] == 2 and row["replies"] == 6 and row["skipped_rounds"] == 0
     assert (
-        "Caution, failures distort this pair: x1-none: 2 failed replies" in (comparison.findings[0])
+        "Caution, failures distort this pair: x1-none: 2 failed replies" in (comparison.findings[1])
     )
 
 
@@ -440,7 +503,7 @@ def test_render_compare_writes_self_contained_report(finished_sweep: SweepPlan) 
         assert src.startswith(prefix)
         assert base64.b64decode(src[len(prefix) :]).startswith(PNG_MAGIC)
     md = comparison.markdown.read_text()
-    assert "| x0.5-eif+emp | finished | 60.00% |" in md
+    assert "| x0.5-eif+emp | 3 | finished | 60.00% |" in md
     assert "tiers without a budget (laptops) stay unlimited" in md
     assert any("+20.00 pp, higher" in line for line in comparison.findings)
 
