@@ -342,8 +342,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The example that ends each command's help (keyed by the command's words after ``fededge``).
+EXAMPLES: dict[str, str] = {
+    "": "fededge run scenarios/quickstart.toml\n  fededge compare scenarios/sweep-budgets.toml "
+    "--budgets 0.5,1,2 --savers none,eif+emp\n  fededge train --savers eif+emp --epochs 1",
+    "run": "fededge run scenarios/quickstart.toml\n  fededge run scenarios/quickstart.toml "
+    "--set savers.eif.enabled=false --set run.name=quickstart-sgd\n  fededge run "
+    "scenarios/quickstart.toml --dry-run",
+    "train": "fededge train --savers eif+emp --epochs 1\n  fededge train --dataset cifar10 "
+    "--data-dir ../shared/data --model resnet20 --savers eif+emp --epochs 1",
+    "compare": "fededge compare scenarios/sweep-budgets.toml --budgets 0.5,1,2 "
+    "--savers none,eif+emp,eif+emp:auto\n  fededge compare scenarios/sweep-budgets.toml "
+    "--budgets 1 --seeds 0,1,2",
+    "report": "fededge report runs/quickstart\n  fededge report runs/sweep-budgets-compare "
+    "--target 0.95",
+    "calibrate": "fededge calibrate --model lenet5 --out my.json",
+    "deploy": "fededge deploy certs --devices 2\n  fededge deploy superlink\n  fededge deploy "
+    "run scenarios/real-devices.toml",
+    "deploy certs": "fededge deploy certs --devices 2",
+    "deploy key": "fededge deploy key runs/deploy/keys/device-2",
+    "deploy superlink": "fededge deploy superlink",
+    "deploy register": "fededge deploy register runs/deploy/keys/device-0.pub --name pi-kitchen",
+    "deploy device": "fededge deploy device --superlink 192.168.1.10:8000 --device-id 0 "
+    "--root-certificates ca.crt --auth-key device-0",
+    "deploy run": "fededge deploy run scenarios/real-devices.toml",
+}
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default, unless its text already says it."""
+    """Help that shows each option's default, unless its text already says it;
+    the ``example:`` epilog keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -356,13 +389,16 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Use :class:`DefaultsHelpFormatter` in ``parser`` and every subcommand's parser."""
+def _show_defaults(parser: argparse.ArgumentParser, words: str = "") -> None:
+    """Use :class:`DefaultsHelpFormatter` in ``parser`` and every subcommand's parser,
+    and end each one's help with its example from :data:`EXAMPLES`."""
     parser.formatter_class = DefaultsHelpFormatter
+    if words in EXAMPLES and not parser.epilog:
+        parser.epilog = f"example:\n  {EXAMPLES[words]}"
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _show_defaults(child)
+            for name, child in action.choices.items():
+                _show_defaults(child, f"{words} {name}".strip())
 
 
 _SUBCOMMANDS: list[Callable[[Any], None]] = [

@@ -298,7 +298,21 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
             elif "default" not in shown.lower():
                 problems.append(f"{path} {action.option_strings[0]}: default not shown")
         parser.format_help()  # renders (a bad %-format in a help text would raise)
+        if not (parser.epilog or "").startswith("example:\n"):
+            problems.append(f"{path}: help ends with no example")
     assert not problems, problems
+
+
+def test_every_help_example_parses_as_the_command_it_is_shown_under() -> None:
+    import shlex
+
+    from fededge.cli import EXAMPLES, build_parser
+
+    for words, text in EXAMPLES.items():
+        for line in text.splitlines():
+            argv = shlex.split(line)
+            assert argv[0] == "fededge" and " ".join(argv[1:]).startswith(words), (words, line)
+            build_parser().parse_args(argv[1:])  # exits 2 on a wrong option
 
 
 def test_dry_run_prints_the_resolved_fleet_and_creates_nothing(
