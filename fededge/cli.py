@@ -19,6 +19,7 @@ from typing import Any
 
 from fededge import __version__
 from fededge.cli_calibrate import add_calibrate
+from fededge.cli_common import add_resource_flags, add_verbose_everywhere, resource_overrides
 from fededge.cli_deploy import add_deploy
 from fededge.cli_sweep import add_compare, add_report
 from fededge.errors import FedEdgeError
@@ -70,11 +71,7 @@ def _add_run(sub: Any) -> None:
         help="join an existing Ray cluster (default: simulation.ray_address, else "
         "$RAY_ADDRESS; 'local' starts a local Ray)",
     )
-    p.add_argument("--client-cpus", type=float, default=None, help="CPUs per simulated client")
-    p.add_argument("--max-concurrent", type=int, default=None, help="clients running at once")
-    p.add_argument(
-        "--threads-per-client", type=int, default=None, help="torch threads in each client"
-    )
+    add_resource_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-round progress lines")
     p.add_argument(
         "--dry-run",
@@ -89,14 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``fededge run``: simulate a scenario and print its summary."""
     from fededge.scenario import load_scenario
 
-    overrides = list(args.overrides)
-    if args.client_cpus is not None:
-        overrides.append(f"simulation.client_cpus={float(args.client_cpus)}")
-    if args.max_concurrent is not None:
-        overrides.append(f"simulation.max_concurrent={int(args.max_concurrent)}")
-    if args.threads_per_client is not None:
-        overrides.append(f"simulation.threads_per_client={int(args.threads_per_client)}")
-    scenario = load_scenario(args.scenario, overrides)
+    scenario = load_scenario(args.scenario, resource_overrides(args))
     out_dir = args.out or scenario.output_dir()
     check_data(scenario)  # before anything is created or started
     if args.dry_run:
@@ -338,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)
+    add_verbose_everywhere(parser)
     _show_defaults(parser)
     return parser
 

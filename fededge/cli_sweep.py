@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fededge import __version__
+from fededge.cli_common import add_resource_flags, resource_overrides
 from fededge.errors import ConfigError, ConfigIssue
 
 EXIT_FAILED = 1
@@ -72,6 +73,7 @@ def add_compare(sub: Any) -> None:
         help="override a scenario field for every variant, e.g. --set run.rounds=5",
     )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+    add_resource_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-round progress lines")
     p.set_defaults(handler=cmd_compare)
@@ -83,7 +85,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fededge.scenario import load_scenario
     from fededge.sweep import parse_levels, parse_savers, parse_seeds, plan_sweep, variant_state
 
-    scenario = load_scenario(args.scenario, args.overrides)
+    scenario = load_scenario(args.scenario, resource_overrides(args))
     budgets = parse_levels(args.budgets) if args.budgets else None
     savers = parse_savers(args.savers) if args.savers else None
     seeds = parse_seeds(args.seeds) if args.seeds else None

@@ -327,3 +327,16 @@ def test_dry_run_prints_the_resolved_fleet_and_creates_nothing(
     assert "phones" in text and "8.5e+08" in text and "eif+emp" in text
     assert "aggregation fedavg" in text
     assert not out.exists()
+
+
+def test_verbose_after_the_subcommand_and_compare_takes_the_resource_flags() -> None:
+    from fededge.cli import build_parser
+    from fededge.cli_common import resource_overrides
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "x.toml", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "run", "x.toml"]).verbose is True
+    assert parser.parse_args(["run", "x.toml"]).verbose is False
+    assert parser.parse_args(["deploy", "certs", "-v"]).verbose is True
+    args = parser.parse_args(["compare", "x.toml", "--client-cpus", "2", "--max-concurrent", "3"])
+    assert resource_overrides(args) == ["simulation.client_cpus=2.0", "simulation.max_concurrent=3"]

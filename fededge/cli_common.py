@@ -1,0 +1,43 @@
+"""Options shared by the commands that run a fleet (``fededge run`` and ``compare``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_resource_flags(p: Any) -> None:
+    """``--client-cpus``, ``--max-concurrent``, ``--threads-per-client``: the
+    ``[simulation]`` resources, as flags."""
+    p.add_argument("--client-cpus", type=float, default=None, help="CPUs per simulated client")
+    p.add_argument("--max-concurrent", type=int, default=None, help="clients running at once")
+    p.add_argument(
+        "--threads-per-client", type=int, default=None, help="torch threads in each client"
+    )
+
+
+def resource_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides for the resource flags given (``--set`` ones first, flags win)."""
+    overrides = list(args.overrides)
+    if args.client_cpus is not None:
+        overrides.append(f"simulation.client_cpus={float(args.client_cpus)}")
+    if args.max_concurrent is not None:
+        overrides.append(f"simulation.max_concurrent={int(args.max_concurrent)}")
+    if args.threads_per_client is not None:
+        overrides.append(f"simulation.threads_per_client={int(args.threads_per_client)}")
+    return overrides
+
+
+def add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``-v`` after any subcommand too (``fededge run X -v``), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument(
+                    "-v",
+                    "--verbose",
+                    action="store_true",
+                    default=argparse.SUPPRESS,  # absent: the top-level flag's value stands
+                    help="show Flower/Ray logs (also accepted before the command)",
+                )
+                add_verbose_everywhere(child)
