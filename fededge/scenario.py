@@ -482,7 +482,25 @@ def parse_scenario(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue(source, f"invalid TOML: {exc}")], source) from None
     raw = apply_overrides(raw, overrides, source=source)
-    return build_scenario(raw, source)
+    try:
+        return build_scenario(raw, source)
+    except ConfigError as exc:
+        blamed = _blame_overrides(exc.issues, overrides)
+        if blamed == list(exc.issues):
+            raise
+        raise ConfigError(blamed, exc.source) from None
+
+
+def _blame_overrides(issues: Sequence[ConfigIssue], overrides: Sequence[str]) -> list[ConfigIssue]:
+    """Name the ``--set`` flag behind each problem it caused (the file is not to blame)."""
+    keys = [(o.split("=", 1)[0].strip(), o) for o in overrides if "=" in o]
+    out = []
+    for issue in issues:
+        flag = next((o for k, o in keys if issue.path == k or issue.path.startswith(k + ".")), None)
+        out.append(
+            ConfigIssue(f"{issue.path} (from --set {flag})", issue.message) if flag else issue
+        )
+    return out
 
 
 def build_scenario(raw: dict[str, Any], source: str) -> Scenario:

@@ -340,3 +340,10 @@ def test_verbose_after_the_subcommand_and_compare_takes_the_resource_flags() -> 
     assert parser.parse_args(["deploy", "certs", "-v"]).verbose is True
     args = parser.parse_args(["compare", "x.toml", "--client-cpus", "2", "--max-concurrent", "3"])
     assert resource_overrides(args) == ["simulation.client_cpus=2.0", "simulation.max_concurrent=3"]
+
+
+def test_a_bad_override_is_blamed_on_its_flag_not_the_file() -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_scenario("scenarios/quickstart.toml", ["run.rounds=0", "data.bogus=1"])
+    paths = [i.path for i in bad.value.issues]
+    assert paths == ["run.rounds (from --set run.rounds=0)", "data.bogus (from --set data.bogus=1)"]
