@@ -346,7 +346,7 @@ EXAMPLES: dict[str, str] = {
     "--savers none,eif+emp,eif+emp:auto\n  fededge compare scenarios/sweep-budgets.toml "
     "--budgets 1 --seeds 0,1,2",
     "report": "fededge report runs/quickstart\n  fededge report runs/sweep-budgets-compare "
-    "--target 0.95",
+    "--target 0.95\n  fededge report --columns",
     "calibrate": "fededge calibrate --model lenet5 --out my.json",
     "deploy": "fededge deploy certs --devices 2\n  fededge deploy superlink\n  fededge deploy "
     "run scenarios/real-devices.toml",

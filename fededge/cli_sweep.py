@@ -198,7 +198,14 @@ def add_report(sub: Any) -> None:
         description="Re-render from saved results, running nothing: a folder written by "
         "fededge compare (tables, plots, report.html) or by fededge run (plots, report.html).",
     )
-    p.add_argument("folder", type=Path, help="a compare or run output folder")
+    p.add_argument(
+        "folder", type=Path, nargs="?", default=None, help="a compare or run output folder"
+    )
+    p.add_argument(
+        "--columns",
+        action="store_true",
+        help="print what every column of the result tables means, with its unit, and exit",
+    )
     p.add_argument(
         "--target", type=float, default=None, help="new target accuracy (sweeps; it is recorded)"
     )
@@ -211,6 +218,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fededge.pages import render_run
     from fededge.sweep import MANIFEST
 
+    if args.columns:
+        from fededge.columns import as_text
+
+        print(as_text())
+        return 0
+    if args.folder is None:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "folder",
+                    "missing: pass the --out folder of fededge run or compare (or --columns)",
+                )
+            ]
+        )
     folder: Path = args.folder
     if args.target is not None and not 0 < args.target <= 1:
         raise ConfigError([ConfigIssue("--target", f"must be in (0, 1], got {args.target}")])

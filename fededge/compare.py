@@ -16,6 +16,7 @@ another target accuracy -- without running anything. It writes:
   means over seed pairs and the sd of the per-seed differences);
 * ``settings.csv`` -- one row per budget level x saver setting: mean and sd
   over seeds of the variant figures (one seed: sd NaN);
+* ``columns.json`` -- what every column means (:mod:`fededge.columns`);
 * ``report.md`` and ``report.html`` (self-contained), and the plots
   ``accuracy_vs_macs.png``, ``accuracy_vs_budget.png``, ``saving_per_tier.png``.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from fededge.columns import as_json as columns_json
 from fededge.pages import (
     Column,
     fmt_count,
@@ -589,6 +591,7 @@ def render_compare(
         (h2h, "head_to_head"),
         (settings, "settings"),
     )
+    atomic_write_text(out / "columns.json", columns_json() + "\n")
     for frame, stem in tables:
         atomic_write_frame(frame, out / f"{stem}.csv")
         atomic_write_frame(frame, out / f"{stem}.parquet")  # exact types for pandas users

@@ -11,6 +11,7 @@ file, then rename, so a crash never leaves a half-written table):
   device's ledger, status (ok / dropped / failed / rejected), real or simulated;
 * ``tiers.csv`` / ``tiers.parquet`` -- cumulative totals per tier;
 * ``summary.json`` -- the final (or latest) totals;
+* ``columns.json`` -- what every column means, with its unit (:mod:`fededge.columns`);
 * ``accuracy.png``, ``macs.png``, ``saving_per_tier.png``.
 
 Simulated round time is the slowest selected device's download + compute +
@@ -29,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from fededge.columns import as_json as columns_json
 from fededge.ledger import MAC_FIELDS, Ledger
 
 STATUSES = ("ok", "dropped", "failed", "rejected")
@@ -296,6 +298,8 @@ class FleetReport:
         atomic_write_text(
             out / "summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n"
         )
+        if not (out / "columns.json").exists():  # what every column means (fededge.columns)
+            atomic_write_text(out / "columns.json", columns_json() + "\n")
         if self.plots:
             self._plots_behind = True
             if time.monotonic() - self._plotted_at >= self.plot_every_s:

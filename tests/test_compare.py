@@ -292,6 +292,29 @@ def test_one_seed_findings_say_the_spread_is_unknown_and_few_rounds_warn(
     assert set(result.variants["seed"]) == {finished_sweep.base.run.seed}
 
 
+def test_every_sweep_column_is_documented_and_the_docs_page_is_current(
+    base: Scenario, tmp_path: Path
+) -> None:
+    from fededge.columns import as_markdown, describe
+
+    plan = plan_sweep(base, tmp_path, seeds=(0, 1))
+
+    def runner(scenario: Scenario, folder: Path, resume: bool) -> FleetReport:
+        return fake_run(folder, scenario, [0.3, 0.5], savers_on="eif" in folder.name)
+
+    run_sweep(plan, runner)
+    render_compare(tmp_path, plots=False)
+    names = ("variants", "tiers", "head_to_head", "settings")
+    undocumented = [
+        (n, c) for n in names for c in pd.read_csv(tmp_path / f"{n}.csv").columns if not describe(c)
+    ]
+    assert not undocumented, undocumented
+    assert (tmp_path / "columns.json").exists()
+    docs = (ROOT / "docs" / "columns.md").read_text()
+    assert docs == as_markdown(), "run: python -m fededge.columns > docs/columns.md"
+    assert main(["report", "--columns"]) == 0
+
+
 def test_seeds_are_checked() -> None:
     assert parse_seeds("0, 1,2") == (0, 1, 2)
     with pytest.raises(ConfigError) as bad:

@@ -3,6 +3,7 @@ budgets, Ctrl-C and resume. Each test starts and stops its own local Ray."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,6 +136,16 @@ def test_golden_scenario_is_pinned_and_reproducible(tmp_path: Path) -> None:
     print("golden totals:", totals)
     assert totals == PINNED
     assert not _ray_processes(tmp_path)
+    # the folder explains itself: every column of every table is in the data dictionary
+    from fededge.columns import describe
+
+    tiers = pd.read_csv(first / "tiers.csv")
+    undocumented = [
+        c for f in (rounds_a, devices_a, tiers) for c in f.columns if describe(c) is None
+    ]
+    assert not undocumented, undocumented
+    assert json.loads((first / "columns.json").read_text())["columns"]["trained"]["unit"]
+    assert (first / "report.html").exists()  # fededge run writes its report itself
 
 
 def test_tight_budget_stops_devices_and_the_ledger_shows_it(tmp_path: Path) -> None:
