@@ -44,11 +44,13 @@ from fededge.pages import (
     formatted_markdown,
     h2,
     html_image,
+    html_links,
     html_list,
     html_page,
     paragraph,
     read_rounds,
     read_tiers,
+    render_run,
 )
 from fededge.report import atomic_write_frame, atomic_write_text
 from fededge.sweep import SweepManifest, VariantEntry, read_manifest, variant_state, write_manifest
@@ -602,6 +604,9 @@ def render_compare(
         compare_plots(
             variants, rounds, tiers, out, title=manifest.name, target=target, spread_table=settings
         )
+    for r in results:  # each variant's own run report, linked from the sweep's
+        if r.status != "missing":
+            render_run(out / r.entry.folder, plots=False)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, compare_markdown(manifest, variants, tiers, h2h, lines, settings))
     atomic_write_text(html_path, compare_html(out, manifest, variants, tiers, h2h, lines, settings))
@@ -706,11 +711,15 @@ def compare_html(
             )
         )
     blocks += [h2("Variants per tier"), formatted_html(tiers, TIER_COLUMNS)]
-    blocks.append(
-        paragraph(
-            "Each variant's own run report (rounds, devices, tiers, plots) is in "
-            f"{out_dir / 'variants'}/NAME/.",
-            "note",
-        )
-    )
+    reports = [
+        (e.name, f"{e.folder}/report.html")
+        for e in manifest.variants
+        if (out_dir / e.folder / "report.html").exists()
+    ]
+    if reports:
+        blocks += [
+            h2("Each variant's own report"),
+            paragraph("Rounds, devices, tiers, the R_set each tier aimed at, and plots."),
+            html_links(reports),
+        ]
     return html_page(f"fededge budget sweep: {manifest.name}", blocks, meta=str(out_dir))

@@ -275,8 +275,19 @@ def ratio_by_tier_and_round(folder: Path) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-def render_run(folder: str | Path) -> Path:
-    """Re-draw a run folder's plots and write its ``report.html`` from the saved tables.
+def html_links(links: Sequence[tuple[str, str]], css_class: str = "") -> str:
+    """An unordered list of links ``(text, relative href)``, both escaped."""
+    cls = f' class="{css_class}"' if css_class else ""
+    items = "".join(
+        f'<li><a href="{html.escape(href, quote=True)}">{html.escape(text)}</a></li>'
+        for text, href in links
+    )
+    return f"<ul{cls}>{items}</ul>"
+
+
+def render_run(folder: str | Path, *, plots: bool = True) -> Path:
+    """Re-draw a run folder's plots (unless ``plots`` is False: the run drew them)
+    and write its ``report.html`` from the saved tables.
 
     Raises
     ------
@@ -293,7 +304,7 @@ def render_run(folder: str | Path) -> Path:
     with contextlib.suppress(OSError, ValueError):
         summary = json.loads((out / "summary.json").read_text())
     name = str(summary.get("name") or out.name)
-    if not tiers.empty:
+    if plots and not tiers.empty:
         fleet_plots(rounds, tiers, out, title=name)
     acc = rounds["accuracy"].dropna() if "accuracy" in rounds else pd.Series(dtype=float)
     last = rounds.iloc[-1]

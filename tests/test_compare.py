@@ -518,7 +518,12 @@ def test_render_compare_writes_self_contained_report(finished_sweep: SweepPlan) 
     assert len(pd.read_csv(out / "tiers.csv")) == 4 * 3
     page = _Page()
     page.feed(comparison.html.read_text())
-    assert page.scripts == 0 and page.links == []  # nothing to fetch: opens offline
+    assert page.scripts == 0  # nothing to fetch: opens offline
+    # the only links are to each variant's own report, beside it in the sweep folder
+    assert sorted(page.links) == sorted(
+        f"variants/{v.variant.name}/report.html" for v in finished_sweep.variants
+    )
+    assert all((out / link).exists() for link in page.links)
     assert page.tables == 4  # tier budgets, head-to-head, variants, variants per tier
     assert len(page.images) == 3
     for src in page.images:
