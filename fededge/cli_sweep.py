@@ -123,12 +123,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     position = {p.variant.name: i + 1 for i, p in enumerate(plan.variants)}
 
+    begun: list[str] = []
+
     def on_start(planned: Any, resume: bool) -> None:
         name = planned.variant.name
         verb = "resuming" if resume else "running"
+        elapsed = time.perf_counter() - started
+        eta = ""
+        if begun:  # the variants of this invocation so far set the pace
+            left = len(todo) - len(begun)
+            eta = f", ETA {_duration(elapsed / len(begun) * left)} for {left} left"
+        begun.append(name)
         print(
             f"[{position[name]}/{len(plan.variants)}] {verb} {name}  "
-            f"(sweep wall {time.perf_counter() - started:6.1f}s)",
+            f"(elapsed {_duration(elapsed)}{eta})",
             flush=True,
         )
 
@@ -188,6 +196,14 @@ def _print_comparison(comparison: Any) -> None:
         print()
         print(formatted_markdown(comparison.head_to_head, H2H_COLUMNS[:8]))
     print(f"\nreport: {comparison.html}\ntables: {comparison.markdown}")
+
+
+def _duration(seconds: float) -> str:
+    """``75.0`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def add_report(sub: Any) -> None:

@@ -605,12 +605,20 @@ def render_compare(
             variants, rounds, tiers, out, title=manifest.name, target=target, spread_table=settings
         )
     for r in results:  # each variant's own run report, linked from the sweep's
-        if r.status != "missing":
+        if r.status != "missing" and _stale(out / r.entry.folder):
             render_run(out / r.entry.folder, plots=False)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, compare_markdown(manifest, variants, tiers, h2h, lines, settings))
     atomic_write_text(html_path, compare_html(out, manifest, variants, tiers, h2h, lines, settings))
     return Comparison(manifest, variants, tiers, h2h, lines, html_path, md_path)
+
+
+def _stale(folder: Path) -> bool:
+    """A run folder whose report.html is missing or older than its rounds table."""
+    page, rounds = folder / "report.html", folder / "rounds.parquet"
+    if not page.exists():
+        return True
+    return rounds.exists() and rounds.stat().st_mtime_ns > page.stat().st_mtime_ns
 
 
 def _setup_text(manifest: SweepManifest) -> list[str]:

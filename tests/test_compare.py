@@ -672,3 +672,9 @@ def test_compare_end_to_end(
     assert main(["compare", str(scenario), "--out", str(out), "-q"]) == 0  # nothing to run
 
     assert "2 variant(s) already finished: skipped" in capsys.readouterr().out
+
+
+def test_sweep_progress_durations_read_as_time() -> None:
+    from fededge.cli_sweep import _duration
+
+    assert [_duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]
