@@ -101,7 +101,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
 
+    first: list[tuple[int, float]] = []  # (round, elapsed) of the first round seen
+
     def progress(outcome: Any) -> None:
+        if not first:
+            first.append((outcome.server_round, time.perf_counter() - started))
         if args.quiet:
             return
         row = outcome.row
@@ -111,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"round {outcome.server_round:>3}/{scenario.run.rounds}  acc {acc_text}  "
             f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['sampled']}"
             f"  dropped {row['dropped']}  failed {row['failed'] + row['rejected']}  "
-            f"sim {row['cum_sim_s']:8.1f}s  elapsed {time.perf_counter() - started:6.1f}s",
+            f"sim {row['cum_sim_s']:8.1f}s  elapsed {time.perf_counter() - started:6.1f}s"
+            + _eta(outcome.server_round, scenario.run.rounds, time.perf_counter() - started, first),
             flush=True,
         )
 
@@ -142,6 +147,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _eta(done: int, total: int, elapsed: float, first: list[tuple[int, float]]) -> str:
+    """``"  ETA 1m15s"`` from the pace of the rounds after the first one seen (which
+    includes start-up); from the first alone while it is the only one."""
+    if done >= total or done <= 0 or not first:
+        return ""
+    from fededge.cli_sweep import _duration
+
+    first_round, first_elapsed = first[0]
+    if done > first_round:
+        pace = (elapsed - first_elapsed) / (done - first_round)
+    else:
+        pace = elapsed / max(done - first_round + 1, 1)
+    return f"  ETA {_duration(pace * (total - done))}"
 
 
 def fleet_text(scenario: Any, out_dir: Path) -> str:

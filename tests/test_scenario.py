@@ -347,3 +347,14 @@ def test_a_bad_override_is_blamed_on_its_flag_not_the_file() -> None:
         load_scenario("scenarios/quickstart.toml", ["run.rounds=0", "data.bogus=1"])
     paths = [i.path for i in bad.value.issues]
     assert paths == ["run.rounds (from --set run.rounds=0)", "data.bogus (from --set data.bogus=1)"]
+
+
+def test_round_eta_follows_the_pace_after_start_up() -> None:
+    from fededge.cli import _eta
+
+    # round 1 took 40 s with start-up, rounds 2-3 took 5 s each: 7 left at 5 s
+    assert _eta(3, 10, 50.0, [(1, 40.0)]) == "  ETA 35s"
+    assert _eta(1, 10, 40.0, [(1, 40.0)]) == "  ETA 6m00s"  # only the first round known
+    assert _eta(10, 10, 90.0, [(1, 40.0)]) == ""  # done
+    # a resumed run starts at round 6
+    assert _eta(7, 10, 30.0, [(6, 20.0)]) == "  ETA 30s"
