@@ -325,6 +325,11 @@ def render_run(folder: str | Path, *, plots: bool = True) -> Path:
         *ratio_blocks(out, tiers),
         h2("Plots"),
         html_image(out / "accuracy.png", "Test accuracy of the global model per round."),
+        html_image(
+            out / "accuracy_vs_time.png",
+            "Test accuracy against the fleet's simulated time and energy (time- and "
+            "energy-to-accuracy).",
+        ),
         html_image(out / "macs.png", "Cumulative fleet MACs spent vs plain SGD on the same data."),
         html_image(out / "saving_per_tier.png", "Computation saved per tier."),
         h2("Per round"),

@@ -1,4 +1,7 @@
-"""PNG plots of fleet reports and budget sweeps (matplotlib, headless Agg backend)."""
+"""Plots of fleet reports and budget sweeps, as PNG and SVG (matplotlib, headless Agg backend).
+
+MACs are drawn in GMAC (10^9 multiply-accumulates), times in simulated seconds.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+GIGA = 1e9
+
 
 def _save(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    """Write ``path`` (PNG) and the same figure as SVG beside it, each atomically."""
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    for target, fmt in ((path, "png"), (path.with_suffix(".svg"), "svg")):
+        tmp = target.with_name(f".{target.stem}.tmp.{fmt}")
+        fig.savefig(tmp, dpi=110, format=fmt)
+        tmp.replace(target)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def fleet_plots(rounds: pd.DataFrame, tiers: pd.DataFrame, out_dir: Path, *, title: str) -> None:
@@ -35,14 +42,27 @@ def fleet_plots(rounds: pd.DataFrame, tiers: pd.DataFrame, out_dir: Path, *, tit
     _save(fig, out_dir / "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds["round"], rounds["cum_baseline_macs"], label="baseline (plain SGD)", ls="--")
-    ax.plot(rounds["round"], rounds["cum_spent_macs"], label="spent", marker="o")
+    base, spent = rounds["cum_baseline_macs"] / GIGA, rounds["cum_spent_macs"] / GIGA
+    ax.plot(rounds["round"], base, label="baseline (plain SGD)", ls="--")
+    ax.plot(rounds["round"], spent, label="spent", marker="o")
     ax.set_xlabel("round")
-    ax.set_ylabel("cumulative MACs")
+    ax.set_ylabel("cumulative GMAC")
     ax.set_title(f"{title}: MACs spent vs baseline")
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, out_dir / "macs.png")
+
+    # time- and energy-to-accuracy: what a device team asks
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    ax_t.plot(evaluated["cum_sim_s"], 100 * evaluated["accuracy"], marker="o")
+    ax_t.set_xlabel("simulated time (s, cumulative)")
+    ax_t.set_ylabel("test accuracy (%)")
+    ax_e.plot(evaluated["cum_energy_j"], 100 * evaluated["accuracy"], marker="o", color="tab:red")
+    ax_e.set_xlabel("fleet energy (J, cumulative)")
+    for ax in (ax_t, ax_e):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: accuracy vs simulated time and energy")
+    _save(fig, out_dir / "accuracy_vs_time.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(tiers["tier"], 100 * tiers["computation_saved"], color="tab:green")
@@ -56,7 +76,14 @@ def fleet_plots(rounds: pd.DataFrame, tiers: pd.DataFrame, out_dir: Path, *, tit
 
 
 # --------------------------------------------------------------------------- sweeps
-SAVER_COLORS = {"none": "tab:gray", "eif": "tab:blue", "emp": "tab:orange", "eif+emp": "tab:green"}
+SAVER_COLORS = {
+    "none": "tab:gray",
+    "eif": "tab:blue",
+    "emp": "tab:orange",
+    "eif+emp": "tab:green",
+    "eif:auto": "tab:purple",
+    "eif+emp:auto": "tab:red",
+}
 
 
 def compare_plots(
@@ -100,7 +127,7 @@ def compare_plots(
                     continue
                 ev = frame.dropna(subset=["accuracy"])
                 ax.plot(
-                    ev["cum_spent_macs"],
+                    ev["cum_spent_macs"] / GIGA,
                     100 * ev["accuracy"],
                     marker="o",
                     ms=3.5,
@@ -112,7 +139,7 @@ def compare_plots(
         if target is not None:
             ax.axhline(100 * target, color="black", ls=":", lw=1, label="target")
         ax.set_title(f"budget {level:g}x")
-        ax.set_xlabel("fleet MACs spent (cumulative)")
+        ax.set_xlabel("fleet GMAC spent (cumulative)")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(levels) :]:
         ax.set_visible(False)
@@ -166,6 +193,7 @@ def compare_plots(
     savers_on = [s for s in settings if s != "none"]
     if not savers_on or tiers.empty:
         path.unlink(missing_ok=True)
+        path.with_suffix(".svg").unlink(missing_ok=True)
         return written
     tier_names = list(dict.fromkeys(tiers["tier"]))
     ncols = min(len(savers_on), 3)

@@ -558,8 +558,10 @@ def test_report_command_rerenders_a_single_run(base: Scenario, tmp_path: Path) -
 
     assert main(["report", str(run)]) == 0
 
-    for name in ("accuracy.png", "macs.png", "saving_per_tier.png", "report.html"):
+    plots = ("accuracy", "accuracy_vs_time", "macs", "saving_per_tier")
+    for name in (*(f"{p}.{ext}" for p in plots for ext in ("png", "svg")), "report.html"):
         assert (run / name).exists(), name
+    assert (run / "macs.svg").read_text().startswith("<?xml")
     assert render_run(run) == run / "report.html"
 
 
