@@ -22,7 +22,7 @@ from fededge.cli_calibrate import add_calibrate
 from fededge.cli_common import add_resource_flags, add_verbose_everywhere, resource_overrides
 from fededge.cli_deploy import add_deploy
 from fededge.cli_sweep import add_compare, add_report
-from fededge.errors import FedEdgeError
+from fededge.errors import ConfigError, ConfigIssue, FedEdgeError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -273,6 +273,13 @@ def _add_train(sub: Any) -> None:
         choices=["none", "eif", "emp", "eif+emp", "q", "eif+q", "emp+q", "eif+emp+q"],
         help="q: 8-bit training (fededge.quantize)",
     )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the ledger, accuracy curve and provenance to this JSON file "
+        "(an existing file is refused)",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=64, help="streamed mini-batch size")
     p.add_argument("--lr", type=float, default=0.01, help="main net's learning rate")
@@ -290,6 +297,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fededge.single import train_single
 
     _check_train_args(args)
+    if args.out is not None and args.out.exists():
+        raise ConfigError(
+            [ConfigIssue("--out", f"{args.out} exists: nothing was changed; choose another file")]
+        )
     result = train_single(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -308,7 +319,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=lambda text: print(text, flush=True),
     )
     print(result.table())
+    if args.out is not None:
+        _write_train_json(args, result)
+        print(f"\nresults: {args.out}")
     return 0
+
+
+def _write_train_json(args: argparse.Namespace, result: Any) -> None:
+    """``fededge train --out``: the ledger, curves and what produced them, as JSON."""
+    import json
+    import math
+    import platform
+    import shlex
+
+    from fededge.provenance import _git, _machine, _versions
+    from fededge.report import atomic_write_text
+
+    def clean(value: Any) -> Any:  # JSON has no inf/NaN: null
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    options.pop("handler", None)
+    data = {
+        "name": result.name,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "wall_s": result.wall_s,
+        "ledger": result.ledger.to_metrics(),
+        "curve": [{"streamed": s, "accuracy": a} for s, a in result.curve],
+        "trace": result.trace,
+        "options": options,
+        "provenance": {
+            "versions": {**_versions(), "python": platform.python_version()},
+            "git": _git(),
+            "command": shlex.join(sys.argv),
+            "machine": _machine(),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(clean(data), indent=2) + "\n")
 
 
 def _check_train_args(args: argparse.Namespace) -> None:

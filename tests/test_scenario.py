@@ -358,3 +358,19 @@ def test_round_eta_follows_the_pace_after_start_up() -> None:
     assert _eta(10, 10, 90.0, [(1, 40.0)]) == ""  # done
     # a resumed run starts at round 6
     assert _eta(7, 10, 30.0, [(6, 20.0)]) == "  ETA 30s"
+
+
+def test_train_saves_its_ledger_and_curve_and_never_overwrites(tmp_path: Path) -> None:
+    import json
+
+    from fededge.cli import main
+
+    out = tmp_path / "train.json"
+    assert main(["train", "--savers", "eif+emp", "--epochs", "0.02", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ledger"]["trained"] > 0 and data["ledger"]["streamed"] >= data["ledger"]["trained"]
+    assert 0.0 <= data["accuracy"] <= 1.0 and data["options"]["savers"] == "eif+emp"
+    assert data["provenance"]["versions"]["fededge"]
+    before = out.read_bytes()
+    assert main(["train", "--epochs", "0.02", "--out", str(out)]) == 2
+    assert out.read_bytes() == before
