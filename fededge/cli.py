@@ -19,7 +19,12 @@ from typing import Any
 
 from fededge import __version__
 from fededge.cli_calibrate import add_calibrate
-from fededge.cli_common import add_resource_flags, add_verbose_everywhere, resource_overrides
+from fededge.cli_common import (
+    add_resource_flags,
+    add_verbose_everywhere,
+    duration_text,
+    resource_overrides,
+)
 from fededge.cli_deploy import add_deploy
 from fededge.cli_sweep import add_compare, add_report
 from fededge.errors import ConfigError, ConfigIssue, FedEdgeError
@@ -138,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fededge.pages import render_run
 
     try:
-        page = f" (report: {render_run(out_dir)})"
+        page = f" (report: {render_run(out_dir, plots=False)})"  # the run drew its plots
     except FileNotFoundError:  # no round finished: no tables to render
         page = ""
     print(f"\nresults: {out_dir}{page}")
@@ -154,14 +159,9 @@ def _eta(done: int, total: int, elapsed: float, first: list[tuple[int, float]]) 
     includes start-up); from the first alone while it is the only one."""
     if done >= total or done <= 0 or not first:
         return ""
-    from fededge.cli_sweep import _duration
-
     first_round, first_elapsed = first[0]
-    if done > first_round:
-        pace = (elapsed - first_elapsed) / (done - first_round)
-    else:
-        pace = elapsed / max(done - first_round + 1, 1)
-    return f"  ETA {_duration(pace * (total - done))}"
+    pace = elapsed if done == first_round else (elapsed - first_elapsed) / (done - first_round)
+    return f"  ETA {duration_text(pace * (total - done))}"
 
 
 def fleet_text(scenario: Any, out_dir: Path) -> str:
@@ -328,21 +328,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _write_train_json(args: argparse.Namespace, result: Any) -> None:
     """``fededge train --out``: the ledger, curves and what produced them, as JSON."""
     import json
-    import math
-    import platform
-    import shlex
 
-    from fededge.provenance import _git, _machine, _versions
-    from fededge.report import atomic_write_text
-
-    def clean(value: Any) -> Any:  # JSON has no inf/NaN: null
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
+    from fededge.provenance import code_provenance
+    from fededge.report import atomic_write_text, jsonable
 
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     options.pop("handler", None)
@@ -355,15 +343,10 @@ def _write_train_json(args: argparse.Namespace, result: Any) -> None:
         "curve": [{"streamed": s, "accuracy": a} for s, a in result.curve],
         "trace": result.trace,
         "options": options,
-        "provenance": {
-            "versions": {**_versions(), "python": platform.python_version()},
-            "git": _git(),
-            "command": shlex.join(sys.argv),
-            "machine": _machine(),
-        },
+        "provenance": code_provenance(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(clean(data), indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def _check_train_args(args: argparse.Namespace) -> None:

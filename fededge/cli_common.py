@@ -1,4 +1,5 @@
-"""Options shared by the commands that run a fleet (``fededge run`` and ``compare``)."""
+"""What the commands share: the fleet-resource flags (``fededge run`` and ``compare``),
+``-v`` after any subcommand, and how progress lines write a duration."""
 
 from __future__ import annotations
 
@@ -41,3 +42,11 @@ def add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
                     help="show Flower/Ray logs (also accepted before the command)",
                 )
                 add_verbose_everywhere(child)
+
+
+def duration_text(seconds: float) -> str:
+    """``75.0`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fededge import __version__
-from fededge.cli_common import add_resource_flags, resource_overrides
+from fededge.cli_common import add_resource_flags, duration_text, resource_overrides
 from fededge.errors import ConfigError, ConfigIssue
 
 EXIT_FAILED = 1
@@ -132,11 +132,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eta = ""
         if begun:  # the variants of this invocation so far set the pace
             left = len(todo) - len(begun)
-            eta = f", ETA {_duration(elapsed / len(begun) * left)} for {left} left"
+            eta = f", ETA {duration_text(elapsed / len(begun) * left)} for {left} left"
         begun.append(name)
         print(
             f"[{position[name]}/{len(plan.variants)}] {verb} {name}  "
-            f"(elapsed {_duration(elapsed)}{eta})",
+            f"(elapsed {duration_text(elapsed)}{eta})",
             flush=True,
         )
 
@@ -196,14 +196,6 @@ def _print_comparison(comparison: Any) -> None:
         print()
         print(formatted_markdown(comparison.head_to_head, H2H_COLUMNS[:8]))
     print(f"\nreport: {comparison.html}\ntables: {comparison.markdown}")
-
-
-def _duration(seconds: float) -> str:
-    """``75.0`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
-    s = round(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def add_report(sub: Any) -> None:

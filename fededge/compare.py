@@ -137,7 +137,7 @@ def variant_table(
             "variant": e.name,
             "budget": e.budget,
             "savers": e.savers,
-            "seed": e.seed if e.seed is not None else manifest_seed(manifest),
+            "seed": e.seed if e.seed is not None else manifest.seed,
             "status": r.status,
             "rounds": int(rounds["round"].max()) if len(rounds) else 0,
         }
@@ -210,11 +210,6 @@ def tier_table(manifest: SweepManifest, results: list[VariantResult]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def manifest_seed(manifest: SweepManifest) -> int | None:
-    """The seed of a single-seed sweep's variants (None when the manifest predates seeds)."""
-    return manifest.seed
-
-
 #: Figures of a variant summarised over seeds (mean, sd) in ``settings.csv``.
 SPREAD_KEYS = (
     "final_accuracy",
@@ -267,15 +262,21 @@ def head_to_head(variants: pd.DataFrame, tiers: pd.DataFrame) -> pd.DataFrame:
         base = at[at["savers"] == "none"]
         if base.empty:
             continue
+        by_seed = {_seed_key(b["seed"]): b for _, b in base.iterrows()}
         for setting in dict.fromkeys(at.loc[at["savers"] != "none", "savers"]):
-            pairs = []
-            for _, v in at[at["savers"] == setting].iterrows():
-                same = base[base["seed"].astype(object).eq(v["seed"])]
-                if len(same):
-                    pairs.append((same.iloc[0], v))
+            pairs = [
+                (by_seed[_seed_key(v["seed"])], v)
+                for _, v in at[at["savers"] == setting].iterrows()
+                if _seed_key(v["seed"]) in by_seed
+            ]
             if pairs:
                 rows.append(_pair_row(level, setting, pairs, tiers))
     return pd.DataFrame(rows)
+
+
+def _seed_key(seed: Any) -> int | None:
+    """A variant's seed as a pairing key (a manifest from before seeds has none: None)."""
+    return None if pd.isna(seed) else int(seed)
 
 
 def _pair_row(

@@ -234,9 +234,9 @@ RUN_ROUND_COLUMNS = (
 )
 
 
-def read_rounds(folder: Path) -> pd.DataFrame:
-    """A run folder's rounds table (Parquet, else CSV; empty when neither exists)."""
-    for name, reader in (("rounds.parquet", pd.read_parquet), ("rounds.csv", pd.read_csv)):
+def read_table(folder: Path, stem: str) -> pd.DataFrame:
+    """A run folder's ``stem`` table (Parquet, else CSV; empty when neither reads)."""
+    for name, reader in ((f"{stem}.parquet", pd.read_parquet), (f"{stem}.csv", pd.read_csv)):
         path = folder / name
         if path.exists():
             try:
@@ -244,6 +244,11 @@ def read_rounds(folder: Path) -> pd.DataFrame:
             except (OSError, ValueError):
                 continue
     return pd.DataFrame()
+
+
+def read_rounds(folder: Path) -> pd.DataFrame:
+    """A run folder's rounds table (Parquet, else CSV; empty when neither exists)."""
+    return read_table(folder, "rounds")
 
 
 def read_tiers(folder: Path) -> pd.DataFrame:
@@ -258,21 +263,13 @@ def read_tiers(folder: Path) -> pd.DataFrame:
 def ratio_by_tier_and_round(folder: Path) -> pd.DataFrame:
     """Mean R_set aimed at (``aimed_ratio``) per tier (rows) and round (columns) of
     the devices that trained; empty when the run has no per-device table."""
-    for name, reader in (("devices.parquet", pd.read_parquet), ("devices.csv", pd.read_csv)):
-        path = folder / name
-        if not path.exists():
-            continue
-        try:
-            devices = pd.DataFrame(reader(path))
-        except (OSError, ValueError):
-            continue
-        if not {"tier", "round", "aimed_ratio", "status"} <= set(devices.columns):
-            return pd.DataFrame()
-        ok = devices[devices["status"] == "ok"]
-        table = ok.pivot_table(index="tier", columns="round", values="aimed_ratio", aggfunc="mean")
-        table.columns = [f"round {int(c)}" for c in table.columns]
-        return table.reset_index()
-    return pd.DataFrame()
+    devices = read_table(folder, "devices")
+    if not {"tier", "round", "aimed_ratio", "status"} <= set(devices.columns):
+        return pd.DataFrame()
+    ok = devices[devices["status"] == "ok"]
+    table = ok.pivot_table(index="tier", columns="round", values="aimed_ratio", aggfunc="mean")
+    table.columns = [f"round {int(c)}" for c in table.columns]
+    return table.reset_index()
 
 
 def html_links(links: Sequence[tuple[str, str]], css_class: str = "") -> str:

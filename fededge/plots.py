@@ -121,7 +121,8 @@ def compare_plots(
     for ax, level in zip(axes.flat, levels, strict=False):
         for setting in settings:
             row = have[(have["budget"] == level) & (have["savers"] == setting)]
-            for k, name in enumerate(row["variant"]):  # one curve per seed, one label
+            labelled = False  # one curve per seed, one label
+            for name in row["variant"]:
                 frame = rounds.get(str(name))
                 if frame is None or frame.empty:
                     continue
@@ -134,8 +135,9 @@ def compare_plots(
                     lw=1.5 if len(row) == 1 else 1.0,
                     alpha=1.0 if len(row) == 1 else 0.7,
                     color=SAVER_COLORS.get(setting),
-                    label=setting if k == 0 else None,
+                    label=None if labelled else setting,
                 )
+                labelled = True
         if target is not None:
             ax.axhline(100 * target, color="black", ls=":", lw=1, label="target")
         ax.set_title(f"budget {level:g}x")

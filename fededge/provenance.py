@@ -32,13 +32,22 @@ from fededge.scenario import Scenario
 PACKAGES = ("fededge", "flwr", "torch", "ray", "numpy", "pandas")
 
 
-def provenance(scenario: Scenario, argv: list[str] | None = None) -> dict[str, Any]:
-    """What produced a run of ``scenario`` (see the module docstring)."""
+def code_provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """What produced a result, whatever it ran: versions, git commit, command line,
+    start time and machine (:func:`provenance` adds the scenario)."""
     return {
         "versions": {**_versions(), "python": platform.python_version()},
         "git": _git(),
         "command": shlex.join(sys.argv if argv is None else argv),
         "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+    }
+
+
+def provenance(scenario: Scenario, argv: list[str] | None = None) -> dict[str, Any]:
+    """What produced a run of ``scenario`` (see the module docstring)."""
+    return {
+        **code_provenance(argv),
         "seed": scenario.run.seed,
         "scenario": {
             "name": scenario.run.name,
@@ -50,7 +59,6 @@ def provenance(scenario: Scenario, argv: list[str] | None = None) -> dict[str, A
             "main_model": scenario.main_model,
             "filter_model": scenario.filter_model,
         },
-        "machine": _machine(),
     }
 
 

@@ -296,7 +296,7 @@ class FleetReport:
         atomic_write_frame(tiers, out / "tiers.csv")
         atomic_write_frame(tiers, out / "tiers.parquet")
         atomic_write_text(
-            out / "summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n"
+            out / "summary.json", json.dumps(jsonable(self.summary()), indent=2) + "\n"
         )
         if not (out / "columns.json").exists():  # what every column means (fededge.columns)
             atomic_write_text(out / "columns.json", columns_json() + "\n")
@@ -475,13 +475,14 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in r.items()} for r in frame.to_dict(orient="records")]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with inf/NaN as None and numpy scalars as Python numbers (JSON has neither)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value

@@ -677,6 +677,6 @@ def test_compare_end_to_end(
 
 
 def test_sweep_progress_durations_read_as_time() -> None:
-    from fededge.cli_sweep import _duration
+    from fededge.cli_common import duration_text as _duration
 
     assert [_duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]
