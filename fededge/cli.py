@@ -330,7 +330,8 @@ def _write_train_json(args: argparse.Namespace, result: Any) -> None:
     import json
 
     from fededge.provenance import code_provenance
-    from fededge.report import atomic_write_text, jsonable
+    from fededge.report import jsonable
+    from fededge.tables import atomic_write_text
 
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     options.pop("handler", None)

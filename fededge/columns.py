@@ -20,8 +20,11 @@ it appears in, summed over the table's scope: a device and round
 (`devices`), the fleet in one round (`rounds`), a tier over the whole run
 (`tiers`), a whole run (`variants`, sweeps). Conventions:
 
-* counts of instances, steps, replies and rounds are whole numbers (a CSV may
-  write them as `16294.0`: summed per tier or round they are stored as floats);
+* counts of instances, steps, replies, rounds and MACs are stored as integers
+  (`16294`, nullable where a cell is empty); the few that can be fractional stay
+  floats: `aimed_trained` (an expected count), `budget_macs` and `requested_macs`
+  (budgets times a multiplier), `precision_saved_macs` and every `*_32eq` (low-bit
+  MACs weighted by a·b/32²), and means over seeds (`settings`, sweep `*_sd`);
 * shares and ratios are fractions in [0, 1] (`computation_saved` = 0.75
   means 75%), their names say so (`*_saved`, `*_ratio`, `*_share`,
   `budget_used`, `accuracy`, `filter_precision`);
@@ -195,6 +198,20 @@ SUFFIXES = {
 }
 #: head_to_head names whose base differs from the documented one.
 ALIASES = {"exhausted_share": "budget_exhausted_share", "saved": "computation_saved"}
+
+
+#: Units whose columns hold whole numbers (stored as integers, see :func:`whole_number`).
+WHOLE_UNITS = frozenset({"count", "id", "integer", "0/1", "instances", "MACs"})
+#: Columns of those units that can hold fractions (see :data:`CONVENTIONS`).
+FRACTIONAL = frozenset({"aimed_trained", "budget_macs", "requested_macs", "precision_saved_macs"})
+
+
+def whole_number(name: str) -> bool:
+    """Whether column ``name`` holds whole numbers (a count), by its documented unit."""
+    if name in FRACTIONAL or name.endswith(("_32eq", "_sd")):
+        return False
+    described = describe(name)
+    return described is not None and described[0] in WHOLE_UNITS
 
 
 def describe(name: str) -> tuple[str, str] | None:

@@ -52,8 +52,8 @@ from fededge.pages import (
     read_tiers,
     render_run,
 )
-from fededge.report import atomic_write_frame, atomic_write_text
 from fededge.sweep import SweepManifest, VariantEntry, read_manifest, variant_state, write_manifest
+from fededge.tables import atomic_write_frame, atomic_write_text
 
 PLOTS = (
     (

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from fededge.report import atomic_write_text
+from fededge.tables import atomic_write_text, untyped
 
 #: How a value is shown: a callable from the raw value to text.
 Formatter = Callable[[Any], str]
@@ -240,7 +240,7 @@ def read_table(folder: Path, stem: str) -> pd.DataFrame:
         path = folder / name
         if path.exists():
             try:
-                return pd.DataFrame(reader(path))
+                return untyped(pd.DataFrame(reader(path)))
             except (OSError, ValueError):
                 continue
     return pd.DataFrame()

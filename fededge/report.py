@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import pandas as pd
 
 from fededge.columns import as_json as columns_json
 from fededge.ledger import MAC_FIELDS, Ledger
+from fededge.tables import AppendedTable, atomic_write_frame, atomic_write_text
 
 STATUSES = ("ok", "dropped", "failed", "rejected")
 LEDGER_COLUMNS = list(Ledger.field_names())
@@ -47,23 +48,6 @@ INSTRUMENT_FIELDS = (
     "full_trained",
     "aimed_trained",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """Write a table as CSV or Parquet (by suffix) via a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def device_row(
@@ -155,6 +139,12 @@ class FleetReport:
         self._plots_behind = False
         self.rounds: list[dict[str, Any]] = []
         self.devices: list[dict[str, Any]] = []
+        #: rounds.csv and devices.csv grow by one append per round (fededge.tables).
+        self.appended = {
+            stem: AppendedTable(self.out_dir / f"{stem}.csv") for stem in ("rounds", "devices")
+        }
+        self._tiers = TierTotals(self.tier_names)
+        self._devices_parquet_behind = False
         #: What produced the run (:func:`fededge.provenance.provenance`), in summary.json.
         self.provenance: dict[str, Any] | None = None
 
@@ -177,6 +167,7 @@ class FleetReport:
         good one kept.
         """
         self.devices.extend(rows)
+        self._tiers.add(rows)
         frame = pd.DataFrame(rows)
         ok = frame[frame["status"] == "ok"] if len(frame) else frame
         prev = self.rounds[-1] if self.rounds else None
@@ -235,7 +226,7 @@ class FleetReport:
         row["train_wall_s"] = float(ok["wall_s"].sum()) if len(ok) else 0.0
         row["wall_s"] = wall_s
         self.rounds.append(row)
-        self.write()
+        self.write(rows)
         return row
 
     # -------------------------------------------------------------- tables
@@ -249,7 +240,12 @@ class FleetReport:
 
     def tiers_frame(self) -> pd.DataFrame:
         """Cumulative totals per tier (successful replies only)."""
-        return tier_table(self.devices_frame(), self.tier_names)
+        return self._tiers.frame()
+
+    def table_marks(self) -> dict[str, dict[str, Any]]:
+        """What the appended CSVs hold, for the checkpoint: ``{"rounds.csv": {"bytes",
+        "sha256"}, ...}``."""
+        return {t.path.name: t.mark() for t in self.appended.values() if t.nbytes}
 
     def summary(self) -> dict[str, Any]:
         """Final (latest) totals as a flat dict."""
@@ -286,13 +282,21 @@ class FleetReport:
         }
 
     # --------------------------------------------------------------- files
-    def write(self) -> None:
-        """Write every table, the summary and (optionally) the plots."""
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append the round just recorded (its device ``rows``) to the CSVs and
+        rewrite the small tables, the summary and (optionally) the plots.
+
+        Each round costs its own rows, not the run's: ``rounds.parquet`` and the
+        tier tables are one row per round or tier; ``devices.parquet`` is written
+        by :meth:`flush` (until then an older one is removed, never left stale).
+        """
         out = self.out_dir
-        rounds, devices, tiers = self.rounds_frame(), self.devices_frame(), self.tiers_frame()
-        for frame, stem in ((rounds, "rounds"), (devices, "devices")):
-            atomic_write_frame(frame, out / f"{stem}.csv")
-            atomic_write_frame(frame, out / f"{stem}.parquet")
+        self.appended["rounds"].append(self.rounds[-1:])
+        self.appended["devices"].append(rows)
+        rounds, tiers = self.rounds_frame(), self.tiers_frame()
+        atomic_write_frame(rounds, out / "rounds.parquet")
+        (out / "devices.parquet").unlink(missing_ok=True)
+        self._devices_parquet_behind = True
         atomic_write_frame(tiers, out / "tiers.csv")
         atomic_write_frame(tiers, out / "tiers.parquet")
         atomic_write_text(
@@ -306,7 +310,10 @@ class FleetReport:
                 self._plot(rounds, tiers)
 
     def flush(self) -> None:
-        """Draw the plots if rounds were recorded since they were last drawn."""
+        """Write ``devices.parquet`` and draw the plots, if rounds were recorded since."""
+        if self._devices_parquet_behind and self.devices:
+            atomic_write_frame(self.devices_frame(), self.out_dir / "devices.parquet")
+        self._devices_parquet_behind = False
         if self.plots and self._plots_behind:
             self._plot(self.rounds_frame(), self.tiers_frame())
 
@@ -323,22 +330,28 @@ class FleetReport:
         out_dir: str | Path,
         name: str,
         tiers: Iterable[str],
+        marks: Mapping[str, Mapping[str, Any]],
         *,
         plots: bool = True,
         plot_every_s: float = 0.0,
     ) -> FleetReport:
-        """A report continuing the tables already in ``out_dir`` (for ``--resume``)."""
-        report = cls(out_dir, name, tiers, plots=plots, plot_every_s=plot_every_s)
-        rounds_csv, devices_csv = report.out_dir / "rounds.csv", report.out_dir / "devices.csv"
-        if rounds_csv.exists() and devices_csv.exists():
-            report.rounds = _records(pd.read_parquet(report.out_dir / "rounds.parquet"))
-            report.devices = _records(pd.read_parquet(report.out_dir / "devices.parquet"))
-        return report
+        """A report continuing the tables in ``out_dir`` (for ``--resume``): each CSV
+        is cut back to what the checkpoint's ``marks`` (:meth:`table_marks`) say it
+        held, and its rows are loaded (rows of later rounds are thereby dropped).
 
-    def truncate(self, last_round: int) -> None:
-        """Forget rounds after ``last_round`` (a resumed run recomputes them)."""
-        self.rounds = [r for r in self.rounds if r["round"] <= last_round]
-        self.devices = [d for d in self.devices if d["round"] <= last_round]
+        Raises
+        ------
+        ValueError
+            When a table does not match its mark (the checkpoint checks this first).
+        """
+        report = cls(out_dir, name, tiers, plots=plots, plot_every_s=plot_every_s)
+        for stem, table in report.appended.items():
+            mark = marks.get(table.path.name)
+            if mark is not None:
+                setattr(report, stem, _records(table.resume(mark)))
+        report._tiers.add(report.devices)
+        report._devices_parquet_behind = True
+        return report
 
     def failure(self) -> str | None:
         """Why this run produced nothing (no device trained an instance), or None."""
@@ -403,9 +416,11 @@ class FleetReport:
         return "\n".join(lines)
 
 
-def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
-    """Cumulative totals per tier from a device table."""
-    columns = [
+class TierTotals:
+    """Running per-tier totals of device rows (the ``tiers`` table), each row
+    added once: a round costs its own rows, not the whole run's."""
+
+    COLUMNS = (
         "tier",
         "devices",
         "replies",
@@ -424,43 +439,70 @@ def tier_table(devices: pd.DataFrame, tier_names: list[str]) -> pd.DataFrame:
         "budget_used",
         "energy_j",
         "compute_s",
-    ]
-    rows = []
-    for tier in tier_names:
-        d = devices[devices["tier"] == tier] if len(devices) else devices
-        ok = d[d["status"] == "ok"] if len(d) else d
-        spent = float(ok["spent_macs"].sum()) if len(ok) else 0.0
-        base = float(ok["baseline_macs"].sum()) if len(ok) else 0.0
-        streamed = float(ok["streamed"].sum()) if len(ok) else 0.0
-        aimed = float(ok["aimed_trained"].sum()) if len(ok) else 0.0
-        budgets = ok["budget_macs"] if len(ok) else pd.Series(dtype=float)
-        limited = budgets.map(math.isfinite) if len(budgets) else budgets.astype(bool)
-        rows.append(
-            {
-                "tier": tier,
-                "devices": int(d["device"].nunique()) if len(d) else 0,
-                "replies": len(ok),
-                **{
-                    s: int((d["status"] == s).sum()) if len(d) else 0
-                    for s in ("dropped", "failed", "rejected")
-                },
-                **{
-                    k: float(ok[k].sum()) if len(ok) else 0.0
-                    for k in ("arrived", "streamed", "trained", "unprocessed", "budget_exhausted")
-                },
-                "spent_macs": spent,
-                "baseline_macs": base,
-                "computation_saved": _ratio_saved(spent, base),
-                "aimed_ratio": _share(aimed, streamed),
-                "budget_used": _share(
-                    float(ok["spent_macs"][limited].sum()) if len(ok) else 0.0,
-                    float(budgets[limited].sum()) if len(ok) else 0.0,
-                ),
-                "energy_j": float(ok["energy_j"].sum()) if len(ok) else 0.0,
-                "compute_s": float(ok["compute_s"].sum()) if len(ok) else 0.0,
-            }
-        )
-    return pd.DataFrame(rows, columns=columns)
+    )
+    #: Summed over a tier's ok rows.
+    SUMS = (
+        "arrived",
+        "streamed",
+        "trained",
+        "unprocessed",
+        "budget_exhausted",
+        "spent_macs",
+        "baseline_macs",
+        "energy_j",
+        "compute_s",
+        "aimed_trained",
+    )
+
+    def __init__(self, tier_names: Iterable[str]) -> None:
+        self.tier_names = list(tier_names)
+        self._devices: dict[str, set[int]] = defaultdict(set)
+        self._statuses: dict[str, Counter[str]] = defaultdict(Counter)
+        self._sums: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(self.SUMS, 0.0))
+        self._limited: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # spent, budget
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Count device rows in."""
+        for row in rows:
+            tier = row["tier"]
+            self._devices[tier].add(int(row["device"]))
+            self._statuses[tier][row["status"]] += 1
+            if row["status"] != "ok":
+                continue
+            sums = self._sums[tier]
+            for name in self.SUMS:
+                value = float(row[name])
+                if not math.isnan(value):  # a foreign device's unaccounted ledger
+                    sums[name] += value
+            budget = float(row["budget_macs"])
+            if math.isfinite(budget):
+                limited = self._limited[tier]
+                limited[0] += float(row["spent_macs"]) if math.isfinite(row["spent_macs"]) else 0.0
+                limited[1] += budget
+
+    def frame(self) -> pd.DataFrame:
+        """One row per tier, in scenario order."""
+        rows = []
+        for tier in self.tier_names:
+            sums, statuses = self._sums[tier], self._statuses[tier]
+            spent, base = sums["spent_macs"], sums["baseline_macs"]
+            rows.append(
+                {
+                    "tier": tier,
+                    "devices": len(self._devices[tier]),
+                    "replies": statuses["ok"],
+                    **{s: statuses[s] for s in ("dropped", "failed", "rejected")},
+                    **{k: sums[k] for k in self.SUMS[:5]},
+                    "spent_macs": spent,
+                    "baseline_macs": base,
+                    "computation_saved": _ratio_saved(spent, base),
+                    "aimed_ratio": _share(sums["aimed_trained"], sums["streamed"]),
+                    "budget_used": _share(*self._limited[tier]),
+                    "energy_j": sums["energy_j"],
+                    "compute_s": sums["compute_s"],
+                }
+            )
+        return pd.DataFrame(rows, columns=list(self.COLUMNS))
 
 
 def _share(part: float, whole: float) -> float:

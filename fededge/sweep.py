@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fededge.errors import ConfigError, ConfigIssue
-from fededge.report import FleetReport, atomic_write_text
+from fededge.report import FleetReport
 from fededge.scenario import SAVER_SETTINGS, Scenario, build_scenario
+from fededge.tables import atomic_write_text
 
 log = logging.getLogger(__name__)
 

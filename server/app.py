@@ -22,8 +22,9 @@ from clients.transport import record_tensors
 from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.provenance import provenance
-from fededge.report import FleetReport, atomic_write_text
+from fededge.report import FleetReport
 from fededge.scenario import Scenario
+from fededge.tables import atomic_write_text
 from server.checkpoint import load_checkpoint, new_run_id, save_checkpoint
 from server.deployment import RunSettings
 from server.strategy import FleetStrategy, RoundOutcome
@@ -55,9 +56,10 @@ def run_server(
     earlier: dict[str, object] | None = None
     device_rounds: dict[str, int] = {}  # device -> round of its newest saved state
     if resume:  # everything it needs is verified first (exit 2 naming what is wrong)
-        done, run_id, arrays, device_rounds = load_checkpoint(out_dir, scenario.digest)
-        report = FleetReport.load(out_dir, scenario.run.name, tier_names, plot_every_s=PLOT_EVERY_S)
-        report.truncate(done)
+        done, run_id, arrays, device_rounds, tables = load_checkpoint(out_dir, scenario.digest)
+        report = FleetReport.load(
+            out_dir, scenario.run.name, tier_names, tables, plot_every_s=PLOT_EVERY_S
+        )
         earlier = _earlier_provenance(out_dir)
         initial, start_round = arrays, done + 1
         log.info("resuming %s (run %s) after round %d", scenario.run.name, run_id, done)

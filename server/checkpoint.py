@@ -2,19 +2,22 @@
 
 After every round the server writes, in this order:
 
-1. the round's tables (:class:`fededge.report.FleetReport`, each atomically);
+1. the round's tables (:class:`fededge.report.FleetReport`): rows appended to
+   ``rounds.csv`` and ``devices.csv``, the small tables rewritten atomically;
 2. ``checkpoint/global-r<round>.npz`` -- the global weights (a new file per round);
 3. ``checkpoint/state.json`` -- the **manifest**, atomically (write, then rename): the
    round, the scenario digest, the run id (fixed when the run started), the weights
-   file and its SHA-256, the tables and their SHA-256, and, per device, the round of
-   the newest state it saved.
+   file and its SHA-256, each appended table's length in bytes and the SHA-256 of
+   those bytes, and, per device, the round of the newest state it saved.
 
 Only then are older weight files removed. A run interrupted anywhere leaves a
 manifest that describes files which all exist: the one of the round before. Resume
-(:func:`verify_checkpoint`) checks every file the manifest names -- weights and
-tables against their digests, each device's state file of its round (it must be
-there and decode) -- and refuses with :class:`~fededge.errors.ConfigError`
-(exit 2), naming the file and the fix, instead of a traceback or a silent restart.
+(:func:`verify_checkpoint`) checks every file the manifest names -- the weights
+against their digest, each table's first ``bytes`` against theirs (rows appended
+after the manifest, even a partial line, are cut off by :meth:`FleetReport.load`),
+each device's state file of its round (it must be there and decode) -- and
+refuses with :class:`~fededge.errors.ConfigError` (exit 2), naming the file and
+the fix, instead of a traceback or a silent restart.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -32,15 +35,28 @@ from flwr.app import Array, ArrayRecord
 from clients import state as device_state
 from clients.transport import array_numpy
 from fededge.errors import ConfigError, ConfigIssue
-from fededge.report import FleetReport, atomic_write_text
+from fededge.report import FleetReport
 from fededge.scenario import Scenario
+from fededge.tables import atomic_write_text, prefix_sha256
 
 FOLDER = "checkpoint"
 MANIFEST = "state.json"
-#: The tables a resume continues (Parquet: exact values; the CSVs are written from them).
-TABLES = ("rounds.parquet", "devices.parquet")
-#: Manifest format.
-VERSION = 2
+#: The tables a resume continues (append-only; floats written to round-trip exactly).
+TABLES = ("rounds.csv", "devices.csv")
+#: Manifest format (3: tables by length and prefix digest).
+VERSION = 3
+
+
+class Checkpoint(NamedTuple):
+    """What a resume starts from (:func:`load_checkpoint`)."""
+
+    round: int
+    run_id: str
+    arrays: ArrayRecord
+    #: device -> round of its newest saved state
+    device_rounds: dict[str, int]
+    #: table file -> {"bytes", "sha256"} (:meth:`FleetReport.load`)
+    tables: dict[str, dict[str, Any]]
 
 
 def sha256(path: Path) -> str:
@@ -94,7 +110,7 @@ def save_checkpoint(
         "name": scenario.run.name,
         "run_id": run_id,
         "global": {"file": name, "sha256": sha256(folder / name)},
-        "tables": {t: sha256(out_dir / t) for t in TABLES if (out_dir / t).exists()},
+        "tables": report.table_marks(),
         "device_state": {"dir": "device_state" if state_dir else "", "rounds": device_rounds},
     }
     atomic_write_text(folder / MANIFEST, json.dumps(manifest) + "\n")
@@ -151,11 +167,16 @@ def verify_checkpoint(out_dir: Path, digest: str) -> dict[str, Any]:
     weights = out_dir / FOLDER / manifest["global"]["file"]
     issues += _check_digest(weights, manifest["global"]["sha256"], out_dir)
     for table in TABLES:
-        expected = manifest["tables"].get(table)
-        if expected is None:
-            issues.append(_refuse(out_dir / table, "is not in the checkpoint", out_dir))
-        else:
-            issues += _check_digest(out_dir / table, expected, out_dir)
+        mark = manifest["tables"].get(table)
+        path = out_dir / table
+        if mark is None:
+            issues.append(_refuse(path, "is not in the checkpoint", out_dir))
+        elif not path.exists():
+            issues.append(_refuse(path, "is missing", out_dir))
+        elif prefix_sha256(path, int(mark["bytes"])) != mark["sha256"]:
+            issues.append(
+                _refuse(path, "does not match the checkpoint (changed or truncated)", out_dir)
+            )
     states = manifest["device_state"]
     if states["dir"]:
         folder = out_dir / states["dir"]
@@ -174,14 +195,16 @@ def verify_checkpoint(out_dir: Path, digest: str) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(out_dir: Path, digest: str) -> tuple[int, str, ArrayRecord, dict[str, int]]:
-    """``(round, run id, global weights, device -> state round)`` of a verified checkpoint."""
+def load_checkpoint(out_dir: Path, digest: str) -> Checkpoint:
+    """The round, run id, global weights, device state rounds and table marks of a
+    verified checkpoint."""
     manifest = verify_checkpoint(out_dir, digest)
     path = out_dir / FOLDER / manifest["global"]["file"]
     with np.load(path) as data:
         arrays = ArrayRecord({k: Array(np.array(data[k])) for k in data.files})
     rounds = {str(k): int(v) for k, v in manifest["device_state"]["rounds"].items()}
-    return int(manifest["round"]), str(manifest["run_id"]), arrays, rounds
+    tables = {str(k): dict(v) for k, v in manifest["tables"].items()}
+    return Checkpoint(int(manifest["round"]), str(manifest["run_id"]), arrays, rounds, tables)
 
 
 def _check_digest(path: Path, expected: str, out_dir: Path) -> list[ConfigIssue]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord
@@ -13,6 +14,7 @@ from clients import state as device_state
 from fededge.cli import main
 from fededge.report import FleetReport, device_row
 from fededge.scenario import parse_scenario
+from fededge.tables import typed
 from server.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 
 SCENARIO = """
@@ -69,7 +71,7 @@ def _resume(out: Path, scenario_file: Path, capsys: pytest.CaptureFixture[str]) 
 def test_an_intact_checkpoint_resumes_from_its_round(run: tuple[Path, Path]) -> None:
     out, scenario_file = run
     digest = parse_scenario(scenario_file.read_text()).digest
-    done, run_id, arrays, _ = load_checkpoint(out, digest)
+    done, run_id, arrays, _, _ = load_checkpoint(out, digest)
     assert (done, run_id) == (2, "run-1")
     np.testing.assert_array_equal(arrays["w"].numpy(), np.full(3, 2.0))
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["global-r2.npz", "state.json"]
@@ -82,12 +84,17 @@ def test_weights_written_after_the_manifest_are_not_used(run: tuple[Path, Path])
     out, scenario_file = run
     np.savez(out / "checkpoint" / "global-r3.npz", w=np.full(3, 99.0, np.float32))
     digest = parse_scenario(scenario_file.read_text()).digest
-    done, _, arrays, _ = load_checkpoint(out, digest)
+    done, _, arrays, _, _ = load_checkpoint(out, digest)
     assert done == 2 and float(arrays["w"].numpy()[0]) == 2.0
 
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _edit_first_row(path: Path) -> None:
+    header, first, *rest = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([header, first.replace("0.5", "0.9", 1), *rest]))
 
 
 @pytest.mark.parametrize(
@@ -99,11 +106,12 @@ def _truncate(path: Path) -> None:
         ),
         (lambda out: (out / "checkpoint" / "global-r2.npz").unlink(), "global-r2.npz is missing"),
         (lambda out: (out / "checkpoint" / "state.json").write_text("{not json"), "state.json is"),
-        (lambda out: (out / "rounds.parquet").unlink(), "rounds.parquet is missing"),
-        (lambda out: _truncate(out / "devices.parquet"), "devices.parquet does not match"),
+        (lambda out: (out / "rounds.csv").unlink(), "rounds.csv is missing"),
+        (lambda out: _truncate(out / "devices.csv"), "devices.csv does not match"),
+        (lambda out: _edit_first_row(out / "rounds.csv"), "rounds.csv does not match"),
         (
-            lambda out: [p.unlink() for p in out.glob("*.parquet")],
-            "rounds.parquet is missing",
+            lambda out: [p.unlink() for p in out.glob("*.csv")],
+            "rounds.csv is missing",
         ),
         (
             lambda out: __import__("shutil").rmtree(out / "device_state"),
@@ -118,6 +126,7 @@ def _truncate(path: Path) -> None:
         "corrupt-manifest",
         "missing-rounds-table",
         "truncated-devices-table",
+        "edited-rounds-table",
         "tables-deleted",
         "device-state-deleted",
         "truncated-device-state",
@@ -183,3 +192,59 @@ def test_move_aside_keeps_the_old_run_whole(run: tuple[Path, Path]) -> None:
     _check_output_dir(out, digest, resume=False, move_aside=True)
     assert not out.exists()
     assert _checksums(out.with_name("out.old-1")) == before
+
+
+def test_rows_appended_after_the_checkpoint_are_cut_off_on_resume(run: tuple[Path, Path]) -> None:
+    # interrupted mid-append of round 3: a partial line after the manifest's bytes
+    out, scenario_file = run
+    before = {t: (out / t).read_bytes() for t in ("rounds.csv", "devices.csv")}
+    for table, data in before.items():
+        partial = data.splitlines(keepends=True)[-1].replace(b"2,", b"3,")[:9]
+        (out / table).write_bytes(data + partial)
+    digest = parse_scenario(scenario_file.read_text()).digest
+    checkpoint = load_checkpoint(out, digest)
+    report = FleetReport.load(out, "resume-test", ["a"], checkpoint.tables, plots=False)
+    assert {t: (out / t).read_bytes() for t in before} == before
+    assert [r["round"] for r in report.rounds] == [1, 2]
+    assert len(report.devices) == 4 and report.devices[0]["reason"] == ""
+    tiers = pd.read_parquet(out / "tiers.parquet")
+    pd.testing.assert_frame_equal(typed(report.tiers_frame()), tiers)
+
+
+def test_each_round_appends_to_the_tables_and_never_rewrites_them(tmp_path: Path) -> None:
+    report = FleetReport(tmp_path, "t", ["a"], plots=False)
+    sizes = []
+    for server_round in (1, 2, 3):
+        rows = [device_row(server_round, d, "a", "phone", "ok", {"trained": 5}) for d in (0, 1)]
+        before = (tmp_path / "devices.csv").read_bytes() if server_round > 1 else b""
+        report.add_round(
+            server_round, rows, selected=2, accuracy=0.5, loss=1.0, skipped=False, wall_s=0.1
+        )
+        after = (tmp_path / "devices.csv").read_bytes()
+        assert after.startswith(before) and after.count(b"\n") == 1 + 2 * server_round
+        sizes.append(report.table_marks()["devices.csv"]["bytes"])
+        assert not (tmp_path / "devices.parquet").exists()  # written when the run ends
+    assert sizes[-1] == (tmp_path / "devices.csv").stat().st_size
+    report.flush()
+    parquet = pd.read_parquet(tmp_path / "devices.parquet")
+    assert len(parquet) == 6 and str(parquet["trained"].dtype) == "Int64"
+
+
+def test_counts_are_written_as_integers_and_missing_cells_empty(tmp_path: Path) -> None:
+    report = FleetReport(tmp_path, "t", ["a"], plots=False)
+    rows = [
+        device_row(1, 0, "a", "phone", "ok", {"trained": 5, "streamed": 7, "aimed_trained": 2.5}),
+        device_row(1, 9, "a", "phone", "ok", {"num-examples": 3}, accounted=False),
+    ]
+    report.add_round(1, rows, selected=2, accuracy=0.5, loss=1.0, skipped=False, wall_s=0.1)
+    report.flush()
+    devices = pd.read_csv(tmp_path / "devices.csv", keep_default_na=False)
+    assert devices["trained"].tolist() == ["5", ""]  # the foreign device's ledger: empty
+    assert devices["aimed_trained"].tolist() == ["2.5", ""]  # an expected count: a float
+    rounds_text = (tmp_path / "rounds.csv").read_text().splitlines()
+    header, first = rounds_text[0].split(","), rounds_text[1].split(",")
+    row = dict(zip(header, first, strict=True))
+    assert (row["trained"], row["streamed"], row["ok"]) == ("5", "7", "2")
+    for table in ("rounds", "devices", "tiers"):
+        frame = pd.read_parquet(tmp_path / f"{table}.parquet")
+        assert str(frame["trained"].dtype) in {"int64", "Int64"}, table
