@@ -104,40 +104,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"fededge {__version__}: {scenario.run.name}: {scenario.num_devices} devices in "
         f"{len(scenario.tiers)} tiers, {scenario.run.rounds} rounds -> {out_dir}"
     )
-    started = time.perf_counter()
-
-    first: list[tuple[int, float]] = []  # (round, elapsed) of the first round seen
-
-    def progress(outcome: Any) -> None:
-        if not first:
-            first.append((outcome.server_round, time.perf_counter() - started))
-        if args.quiet:
-            return
-        row = outcome.row
-        acc = row["accuracy"]
-        acc_text = f"{100 * acc:6.2f}%" if acc == acc else "   -   "
-        print(
-            f"round {outcome.server_round:>3}/{scenario.run.rounds}  acc {acc_text}  "
-            f"saved {100 * row['cum_computation_saved']:5.1f}%  ok {row['ok']}/{row['sampled']}"
-            f"  dropped {row['dropped']}  failed {row['failed'] + row['rejected']}  "
-            f"sim {row['cum_sim_s']:8.1f}s  elapsed {time.perf_counter() - started:6.1f}s"
-            + _eta(outcome.server_round, scenario.run.rounds, time.perf_counter() - started, first),
-            flush=True,
-        )
-
+    from fededge.progress import Progress, round_line
     from server.simulation import simulate
 
-    try:
-        report = simulate(
-            scenario, out_dir, resume=args.resume, on_round=progress, ray_address=args.ray_address
+    rounds = scenario.run.rounds
+    with Progress("rounds", rounds) as bar:
+
+        def on_round(outcome: Any) -> None:
+            line = round_line(outcome.server_round, rounds, outcome.row, bar.pace.elapsed())
+            bar.step(outcome.server_round, None if args.quiet else line)
+
+        bar.phase(
+            f"loading data, starting the engine and {scenario.num_devices} devices "
+            "(round 1 includes start-up)"
         )
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: every finished round is in {out_dir}; "
-            f"continue with: fededge run {args.scenario} --out {out_dir} --resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        try:
+            report = simulate(
+                scenario,
+                out_dir,
+                resume=args.resume,
+                on_round=on_round,
+                ray_address=args.ray_address,
+            )
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"\ninterrupted: every finished round is in {out_dir}; "
+                f"continue with: fededge run {args.scenario} --out {out_dir} --resume",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     print()
     print(report.summary_text())
     from fededge.pages import render_run
@@ -152,16 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return EXIT_FAILED
     return 0
-
-
-def _eta(done: int, total: int, elapsed: float, first: list[tuple[int, float]]) -> str:
-    """``"  ETA 1m15s"`` from the pace of the rounds after the first one seen (which
-    includes start-up); from the first alone while it is the only one."""
-    if done >= total or done <= 0 or not first:
-        return ""
-    first_round, first_elapsed = first[0]
-    pace = elapsed if done == first_round else (elapsed - first_elapsed) / (done - first_round)
-    return f"  ETA {duration_text(pace * (total - done))}"
 
 
 def fleet_text(scenario: Any, out_dir: Path) -> str:
@@ -301,7 +287,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             [ConfigIssue("--out", f"{args.out} exists: nothing was changed; choose another file")]
         )
-    result = train_single(
+    from fededge.progress import Progress
+
+    with Progress("streamed", 1) as bar:
+        bar.phase("loading data and building the nets")
+        result = _train_with_progress(args, train_single, bar)
+    print(result.table())
+    if args.out is not None:
+        _write_train_json(args, result)
+        print(f"\nresults: {args.out}")
+    return 0
+
+
+def _train_with_progress(args: argparse.Namespace, train_single: Any, bar: Any) -> Any:
+    """``train_single`` with the bar following the stream: in a terminal every
+    mini-batch; as plain lines every tenth of the stream."""
+    marks = [0]  # the last tenth printed
+
+    def on_streamed(position: int, total: int) -> None:
+        if bar.total != total:
+            bar.set_total(total)
+        tenth = 10 * position // max(total, 1)
+        line = None
+        if not bar.live and tenth > marks[0]:
+            marks[0] = tenth
+            line = (
+                f"streamed {position:,}/{total:,} ({10 * tenth}%)  "
+                f"elapsed {duration_text(bar.pace.elapsed())}"
+            )
+        bar.step(position, line)
+
+    return train_single(
         dataset=args.dataset,
         data_dir=args.data_dir,
         model=args.model,
@@ -316,13 +332,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_ratio=args.target_ratio,
         seed=args.seed,
         threads=args.threads,
-        progress=lambda text: print(text, flush=True),
+        progress=bar.print,
+        on_streamed=on_streamed,
     )
-    print(result.table())
-    if args.out is not None:
-        _write_train_json(args, result)
-        print(f"\nresults: {args.out}")
-    return 0
 
 
 def _write_train_json(args: argparse.Namespace, result: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,63 +119,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  [{mark}] {p.variant.name} -> {p.folder}")
         return 0
 
-    started = time.perf_counter()
-    position = {p.variant.name: i + 1 for i, p in enumerate(plan.variants)}
-
-    begun: list[str] = []
-
-    def on_start(planned: Any, resume: bool) -> None:
-        name = planned.variant.name
-        verb = "resuming" if resume else "running"
-        elapsed = time.perf_counter() - started
-        eta = ""
-        if begun:  # the variants of this invocation so far set the pace
-            left = len(todo) - len(begun)
-            eta = f", ETA {duration_text(elapsed / len(begun) * left)} for {left} left"
-        begun.append(name)
-        print(
-            f"[{position[name]}/{len(plan.variants)}] {verb} {name}  "
-            f"(elapsed {duration_text(elapsed)}{eta})",
-            flush=True,
-        )
-
-    def on_round(planned: Any, outcome: Any) -> None:
-        if args.quiet:
-            return
-        row = outcome.row
-        acc = row["accuracy"]
-        acc_text = f"{100 * acc:6.2f}%" if acc == acc else "   -   "
-        print(
-            f"    round {outcome.server_round:>3}/{planned.scenario.run.rounds}  acc {acc_text}  "
-            f"saved {100 * row['cum_computation_saved']:5.1f}%  budget out "
-            f"{int(row['budget_exhausted'])}/{row['ok']}  sim {row['cum_sim_s']:8.1f}s",
-            flush=True,
-        )
-
-    def after_variant(planned: Any, status: str) -> None:
-        if status != "skipped":
-            render_compare(out)
-
+    from fededge.progress import Progress, round_line
     from server.sweep import run_compare
 
-    try:
-        outcome = run_compare(
-            plan,
-            ray_address=args.ray_address,
-            on_start=on_start,
-            on_round=on_round,
-            after_variant=after_variant,
-        )
-    except KeyboardInterrupt:
-        render_compare(out)
-        print(
-            f"\ninterrupted: finished variants are saved in {out}; run the same command again "
-            "to continue (finished variants are skipped, the interrupted one resumes)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    position = {p.variant.name: i + 1 for i, p in enumerate(plan.variants)}
+    total = sum(p.scenario.run.rounds for p in todo)  # an upper bound when one resumes
+    with Progress("sweep rounds", total) as bar:
+        done = [0]  # rounds finished in this invocation
+
+        def on_start(planned: Any, resume: bool) -> None:
+            name = planned.variant.name
+            verb = "resuming" if resume else "running"
+            bar.print(
+                f"[{position[name]}/{len(plan.variants)}] {verb} {name}  "
+                f"(elapsed {duration_text(bar.pace.elapsed())})"
+            )
+
+        def on_round(planned: Any, outcome: Any) -> None:
+            done[0] += 1
+            line = round_line(
+                outcome.server_round, planned.scenario.run.rounds, outcome.row, bar.pace.elapsed()
+            )
+            bar.step(done[0], None if args.quiet else f"    {line}")
+
+        def after_variant(planned: Any, status: str) -> None:
+            if status != "skipped":
+                render_compare(out)
+
+        try:
+            outcome = run_compare(
+                plan,
+                ray_address=args.ray_address,
+                on_start=on_start,
+                on_round=on_round,
+                after_variant=after_variant,
+            )
+        except KeyboardInterrupt:
+            bar.close()
+            render_compare(out)
+            print(
+                f"\ninterrupted: finished variants are saved in {out}; run the same command "
+                "again to continue (finished variants are skipped, the interrupted one resumes)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     comparison = render_compare(out)
-    print(f"\nsweep wall time {time.perf_counter() - started:.1f} s")
+    print(f"\nsweep wall time {duration_text(bar.pace.elapsed())}")
     _print_comparison(comparison)
     for name, reason in outcome.failed.items():
         print(f"FAILED {name}: {reason}", file=sys.stderr)

@@ -153,6 +153,7 @@ def train_single(
     eval_points: int = 0,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    on_streamed: Callable[[int, int], None] | None = None,
 ) -> SingleResult:
     """Train ``model`` on a stream of ``dataset`` with the given savers.
 
@@ -166,7 +167,9 @@ def train_single(
     :mod:`fededge.quantize`), e.g. ``eif+emp+q``; ``eif``/``emp`` configs override
     ``target_ratio``/``keep_ratio``, ``quant`` the default
     :class:`~fededge.quantize.QuantConfig`. The final accuracy is measured with
-    the savers attached (a ``q`` run: the quantized net).
+    the savers attached (a ``q`` run: the quantized net). ``progress`` gets a
+    line per evaluation point; ``on_streamed(position, total)`` is called after
+    every streamed mini-batch.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -252,6 +255,7 @@ def train_single(
             filter_lr_schedule=filter_lr_at,
             progress=lambda position: position / total,
             flush=last,
+            on_batch=None if on_streamed is None else lambda position: on_streamed(position, total),
         )
         ledger += result.ledger
         if eval_points:

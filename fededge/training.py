@@ -264,6 +264,7 @@ class LocalTrainer:
         filter_lr_schedule: Callable[[int], float] | None = None,
         progress: Callable[[int], float] | None = None,
         flush: bool = False,
+        on_batch: Callable[[int], None] | None = None,
     ) -> TrainResult:
         """Stream ``indices`` (dataset indices in arrival order) through the loop.
 
@@ -280,6 +281,8 @@ class LocalTrainer:
             (or stopped the stream), the remainder is dropped -- streamed, never
             trained -- so a run trains only instances it streamed (a fleet
             device's round: ``trained <= streamed``, which the server checks).
+        on_batch : called with :attr:`position` after each streamed mini-batch
+            (progress display; it must not touch the trainer).
 
         Returns
         -------
@@ -304,6 +307,8 @@ class LocalTrainer:
             before = ledger.streamed
             going = self._stream_batch(idx, ledger, budget_macs)
             cursor += ledger.streamed - before
+            if on_batch is not None:
+                on_batch(self.position)
             if not going:
                 stopped = True
                 break

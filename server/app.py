@@ -2,9 +2,11 @@
 
 ``fededge run`` builds the app around an already-loaded scenario
 (:func:`make_server_app`); ``flwr run . <connection>`` (the deployment engine,
-see ``fededge deploy run``) uses :data:`app`, which reads the scenario from the
-run config (``[tool.flwr.app.config]``, :class:`server.deployment.RunSettings`)
-and waits up to ``device-wait-s`` for the fleet's devices to connect.
+see ``fededge deploy run``; or Flower's simulation engine, ``flwr run . --stream``)
+uses :data:`app`, which reads the scenario from the run config
+(``[tool.flwr.app.config]``, :class:`server.deployment.RunSettings`) and waits up
+to ``device-wait-s`` for the fleet's devices to connect (in a simulation every
+one of them must: the federation's size is a setting).
 """
 
 from __future__ import annotations
@@ -21,18 +23,21 @@ from flwr.serverapp import Grid, ServerApp
 from clients.transport import record_tensors
 from fededge.deployment import portable_scenario_text
 from fededge.fleet import FleetRuntime, transported_weights
+from fededge.progress import Progress, round_line
 from fededge.provenance import provenance
 from fededge.report import FleetReport
 from fededge.scenario import Scenario
 from fededge.tables import atomic_write_text
 from server.checkpoint import load_checkpoint, new_run_id, save_checkpoint
 from server.deployment import RunSettings
-from server.strategy import FleetStrategy, RoundOutcome
+from server.strategy import FleetIncomplete, FleetStrategy, RoundOutcome
 
 log = logging.getLogger(__name__)
 
 #: Redraw the report's plots at most this often during a run (seconds); tables every round.
 PLOT_EVERY_S = 60.0
+#: How long a simulation's ServerApp waits for its SuperNodes to register.
+SIMULATION_WAIT_S = 60.0
 
 
 def run_server(
@@ -45,8 +50,13 @@ def run_server(
     keep_device_state: bool = True,
     stop: threading.Event | None = None,
     device_wait_s: float | None = None,
+    complete_fleet: str | None = None,
 ) -> FleetReport:
-    """Run every round of ``scenario`` on ``grid``; results go to ``out_dir``."""
+    """Run every round of ``scenario`` on ``grid``; results go to ``out_dir``.
+
+    ``complete_fleet``: fail (:class:`~server.strategy.FleetIncomplete`, with this
+    fix in its message) unless every device of the scenario connects.
+    """
     runtime = FleetRuntime(scenario, load_test=True)
     tier_names = [t.name for t in scenario.tiers]
     start_round = 1
@@ -103,6 +113,7 @@ def run_server(
     )
     if device_wait_s is not None:
         strategy.device_wait_s = device_wait_s
+    strategy.complete_fleet = complete_fleet
     config = ConfigRecord(
         {
             "scenario": portable_scenario_text(scenario),  # no server file needed on devices
@@ -159,18 +170,56 @@ def main(grid: Grid, context: Context) -> None:
     shorten_object_pulls()  # a reply found before its objects: retry in 0.05 s, not 1 s
     settings = RunSettings.from_run_config(context.run_config)
     scenario = settings.load_scenario()
-    out_dir = settings.output_dir or scenario.output_dir()
+    # relative: to the SuperLink's folder (where `flwr run .` first started it)
+    out_dir = (settings.output_dir or scenario.output_dir()).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(scenario.text)
-    print(f"{scenario.run.name}: {scenario.num_devices} devices -> {out_dir}", flush=True)
+    rounds, devices = scenario.run.rounds, scenario.num_devices
+    simulation = type(grid).__name__ == "InMemoryGrid"  # Flower's simulation engine
+    print(
+        f"{scenario.run.name}: {devices} devices, {rounds} rounds -> {out_dir}"
+        + (" (simulation)" if simulation else ""),
+        flush=True,
+    )
     failure: str | None = "the ServerApp stopped before the run finished"
     try:
-        report = run_server(grid, scenario, out_dir, device_wait_s=settings.device_wait_s)
+        with Progress("rounds", rounds) as bar:
+
+            def on_round(outcome: RoundOutcome) -> None:
+                row = outcome.row
+                bar.step(
+                    outcome.server_round,
+                    round_line(outcome.server_round, rounds, row, bar.pace.elapsed()),
+                )
+
+            report = run_server(
+                grid,
+                scenario,
+                out_dir,
+                on_round=on_round,
+                # a simulation's SuperNodes are all there at once: wait only for them to register
+                device_wait_s=min(settings.device_wait_s, SIMULATION_WAIT_S)
+                if simulation
+                else settings.device_wait_s,
+                complete_fleet=(
+                    f"set the federation's size to the fleet's: flwr run . --stream "
+                    f'--federation-config "num-supernodes={devices}"'
+                )
+                if simulation
+                else None,
+            )
         print(report.summary_text())
         failure = report.failure()
+        from fededge.pages import render_run
+
+        if report.rounds:  # the tables and plots in one page, as `fededge run` writes it
+            print(f"results: {out_dir} (report: {render_run(out_dir, plots=False)})", flush=True)
+    except FleetIncomplete as exc:
+        failure = str(exc)
     finally:
         write_status(out_dir, settings.run_token, failure)
     if failure is not None:  # `flwr run` marks the run failed; `deploy run` reads status.json
+        print(f"error: {failure}", flush=True)
         raise RuntimeError(failure)
 
 

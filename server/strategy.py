@@ -51,6 +51,14 @@ PULL_INTERVAL_S = (0.1, 0.5)
 PULL_SCANS_PER_S = 2000
 
 
+#: Seconds without a new node after which a simulation's federation is complete.
+SETTLED_S = 5.0
+
+
+class FleetIncomplete(RuntimeError):
+    """Fewer devices connected than the scenario's fleet, where all must be there."""
+
+
 class RunStopped(RuntimeError):
     """The run was asked to stop (Ctrl-C) between or during rounds."""
 
@@ -110,6 +118,9 @@ class FleetStrategy(FedAvg):
         self.device_names: dict[int, tuple[str, str, str]] = {}
         #: How long round 1 waits for the fleet's nodes (a deployment sets it from its run config).
         self.device_wait_s = 900.0
+        #: Set (to the fix, for the message) where every device must connect: a simulation
+        #: federation's SuperNodes are all there at once, and too few is a setting error.
+        self.complete_fleet: str | None = None
         self._rows: list[dict[str, Any]] = []
         self._skipped = False
         self._global: dict[str, np.ndarray] | None = None  # the weights sent this round
@@ -332,13 +343,24 @@ class FleetStrategy(FedAvg):
         """
         deadline = time.monotonic() + timeout_s
         expected = self.scenario.num_devices
+        count, since = -1, time.monotonic()  # the node count and when it last changed
         while True:
             nodes = sorted(grid.get_node_ids())
-            if len(nodes) >= expected or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if len(nodes) != count:
+                count, since = len(nodes), now
+            if len(nodes) >= expected or now >= deadline:
                 break
+            if self.complete_fleet is not None and nodes and now - since >= SETTLED_S:
+                break  # a simulation's SuperNodes register at once: no more are coming
             if self.stop.is_set():
                 raise RunStopped("the run was stopped")
             self.stop.wait(0.1)
+        if len(nodes) < expected and self.complete_fleet is not None:
+            raise FleetIncomplete(
+                f"the federation has {len(nodes)} SuperNodes, scenario "
+                f"{self.scenario.run.name!r} has {expected} devices: {self.complete_fleet}"
+            )
         if len(nodes) < expected:
             log.warning("only %d of %d devices connected; going on with them", len(nodes), expected)
         return nodes

@@ -349,15 +349,41 @@ def test_a_bad_override_is_blamed_on_its_flag_not_the_file() -> None:
     assert paths == ["run.rounds (from --set run.rounds=0)", "data.bogus (from --set data.bogus=1)"]
 
 
-def test_round_eta_follows_the_pace_after_start_up() -> None:
-    from fededge.cli import _eta
+def test_round_eta_follows_the_pace_after_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fededge import progress
 
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    pace = progress.Pace()
+
+    def at(elapsed: float, done: int, total: int = 10) -> str:
+        now[0] = elapsed
+        return pace.eta_text(done, total)
+
+    assert at(40.0, 1) == "  ETA 6m00s"  # only the first round (with start-up) known
     # round 1 took 40 s with start-up, rounds 2-3 took 5 s each: 7 left at 5 s
-    assert _eta(3, 10, 50.0, [(1, 40.0)]) == "  ETA 35s"
-    assert _eta(1, 10, 40.0, [(1, 40.0)]) == "  ETA 6m00s"  # only the first round known
-    assert _eta(10, 10, 90.0, [(1, 40.0)]) == ""  # done
-    # a resumed run starts at round 6
-    assert _eta(7, 10, 30.0, [(6, 20.0)]) == "  ETA 30s"
+    assert at(50.0, 3) == "  ETA 35s"
+    assert at(90.0, 10) == ""  # done
+    resumed = progress.Pace()  # a resumed run starts at round 6
+    now[0] = 20.0
+    assert resumed.eta_text(6, 10) != "" and (now.__setitem__(0, 30.0) or True)
+    assert resumed.eta_text(7, 10) == "  ETA 30s"
+
+
+def test_progress_prints_plain_lines_with_an_eta_when_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fededge.progress import Progress
+
+    with Progress("rounds", 3) as bar:
+        assert not bar.live  # captured output is not a terminal: no bar, no escape codes
+        bar.phase("starting")
+        bar.step(1, "round 1/3")
+        bar.step(3, "round 3/3")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  starting"
+    assert lines[1].startswith("round 1/3  ETA ") and lines[2] == "round 3/3"
+    assert all("\x1b" not in line for line in lines)
 
 
 def test_train_saves_its_ledger_and_curve_and_never_overwrites(tmp_path: Path) -> None:
