@@ -33,7 +33,8 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
      border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 p.meta { color: #555; margin-top: 0; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.86em; }
+.table-wrap { overflow-x: auto; max-width: 100%; margin: 0.8em 0; }
+table { border-collapse: collapse; font-size: 0.86em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; }
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right;
      font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -152,7 +153,11 @@ def html_table(frame: pd.DataFrame, numeric: Sequence[str] = ()) -> str:
             for c, v in zip(frame.columns, row, strict=True)
         )
         rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    # a table wider than the page scrolls sideways inside its own box instead of clipping
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def formatted_html(frame: pd.DataFrame, columns: Sequence[Column]) -> str:

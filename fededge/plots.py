@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 GIGA = 1e9
+
+
+def _legend_beside(ax: Axes, **kwargs: Any) -> None:
+    """The legend to the right of ``ax``, outside it, so that it never covers data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kwargs)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -23,7 +30,7 @@ def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     for target, fmt in ((path, "png"), (path.with_suffix(".svg"), "svg")):
         tmp = target.with_name(f".{target.stem}.tmp.{fmt}")
-        fig.savefig(tmp, dpi=110, format=fmt)
+        fig.savefig(tmp, dpi=110, format=fmt, bbox_inches="tight")  # keeps outside legends
         tmp.replace(target)
     plt.close(fig)
 
@@ -48,7 +55,7 @@ def fleet_plots(rounds: pd.DataFrame, tiers: pd.DataFrame, out_dir: Path, *, tit
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative GMAC")
     ax.set_title(f"{title}: MACs spent vs baseline")
-    ax.legend()
+    _legend_beside(ax)
     ax.grid(alpha=0.3)
     _save(fig, out_dir / "macs.png")
 
@@ -147,7 +154,7 @@ def compare_plots(
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    axes.flat[0].legend(fontsize=8, loc="lower right")
+    _legend_beside(axes.flat[min(len(levels), axes.shape[1]) - 1])
     fig.suptitle(f"{title}: accuracy vs fleet MACs (points = rounds)")
     _save(fig, out_dir / "accuracy_vs_macs.png")
     written.append(out_dir / "accuracy_vs_macs.png")
@@ -185,7 +192,7 @@ def compare_plots(
     ax.set_xlabel("budget level (x every tier's budget)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"{title}: accuracy vs budget")
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
     ax.grid(alpha=0.3)
     _save(fig, out_dir / "accuracy_vs_budget.png")
     written.append(out_dir / "accuracy_vs_budget.png")
@@ -228,9 +235,7 @@ def compare_plots(
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("computation saved (%)")
-    axes[0, ncols - 1].legend(
-        title="budget", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
-    )
+    _legend_beside(axes[0, ncols - 1], title="budget")
     fig.suptitle(f"{title}: saving per tier")
     _save(fig, path)
     written.append(path)
