@@ -77,6 +77,9 @@ def backend_config(scenario: Scenario, *, ray_address: str | None = None) -> dic
             "_temp_dir": str(temp_dir),
             "_node_ip_address": "127.0.0.1",
             "logging_level": logging.ERROR,
+            # the devices' own log lines (Ray's coloured "(ClientAppActor pid=...)" echo)
+            # only with --verbose; a device's failure still reaches the round as an error
+            "log_to_driver": logging.getLogger().isEnabledFor(logging.INFO),
         }
     return {"client_resources": resources, "init_args": init_args}
 
