@@ -124,7 +124,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     position = {p.variant.name: i + 1 for i, p in enumerate(plan.variants)}
     total = sum(p.scenario.run.rounds for p in todo)  # an upper bound when one resumes
-    with Progress("sweep rounds", total) as bar:
+    with Progress("sweep rounds", total, skip_first=False) as bar:  # start-up per variant
         done = [0]  # rounds finished in this invocation
 
         def on_start(planned: Any, resume: bool) -> None:

@@ -21,9 +21,14 @@ from fededge.cli_common import duration_text
 
 class Pace:
     """An ETA from the pace of the steps after the first one seen (the first
-    includes start-up), or from the first alone while it is the only one."""
+    includes start-up), or from the first alone while it is the only one.
 
-    def __init__(self) -> None:
+    With ``skip_first=False`` the pace is the average over every step so far: right
+    for a job whose start-up recurs (a sweep starts the engine for every variant).
+    """
+
+    def __init__(self, *, skip_first: bool = True) -> None:
+        self.skip_first = skip_first
         self.started = time.perf_counter()
         self._first: tuple[float, float] | None = None  # (done, elapsed) at the first step
 
@@ -39,7 +44,7 @@ class Pace:
         if self._first is None:
             self._first = (done, elapsed)
         first_done, first_elapsed = self._first
-        if done <= first_done:
+        if done <= first_done or not self.skip_first:
             return elapsed / done * (total - done)
         return (elapsed - first_elapsed) / (done - first_done) * (total - done)
 
@@ -57,13 +62,21 @@ class Progress:
     what : what the bar says while the job runs ("rounds", "streamed").
     total : steps in the job.
     stream : where it goes (default stdout); a bar only when it is a terminal.
+    skip_first : see :class:`Pace`; the bar shows the same ETA as the plain lines.
     """
 
-    def __init__(self, what: str, total: float, *, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: float,
+        *,
+        stream: IO[str] | None = None,
+        skip_first: bool = True,
+    ) -> None:
         from rich.console import Console
 
         self.what, self.total = what, total
-        self.pace = Pace()
+        self.pace = Pace(skip_first=skip_first)
         self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
         self._bar: Any = None
@@ -76,7 +89,6 @@ class Progress:
                 MofNCompleteColumn,
                 TextColumn,
                 TimeElapsedColumn,
-                TimeRemainingColumn,
             )
             from rich.progress import (
                 Progress as Bar,
@@ -88,12 +100,11 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[eta]}"),
                 console=self.console,
             )
             self._bar.start()
-            self._task = self._bar.add_task(self.what, total=self.total)
+            self._task = self._bar.add_task(self.what, total=self.total, eta="")
         return self
 
     def __exit__(
@@ -128,7 +139,7 @@ class Progress:
         above the bar, or as a plain line ending in the ETA)."""
         eta = self.pace.eta_text(done, self.total)
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, description=self.what)
+            self._bar.update(self._task, completed=done, description=self.what, eta=eta.strip())
             if line is not None:
                 self.console.print(line, markup=False)
         elif line is not None:

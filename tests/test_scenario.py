@@ -370,6 +370,21 @@ def test_round_eta_follows_the_pace_after_start_up(monkeypatch: pytest.MonkeyPat
     assert resumed.eta_text(7, 10) == "  ETA 30s"
 
 
+def test_a_sweep_eta_averages_every_step_as_each_variant_starts_up_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fededge import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    pace = progress.Pace(skip_first=False)
+    now[0] = 30.0
+    assert pace.eta_text(1, 4) == "  ETA 1m30s"
+    # variant 1's second round took 3 s; variant 2 will start up again: 40 s per 2 rounds
+    now[0] = 40.0
+    assert pace.eta_text(2, 4) == "  ETA 40s"
+
+
 def test_progress_prints_plain_lines_with_an_eta_when_not_a_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
