@@ -18,7 +18,7 @@ Sections (see ``scenarios/*.toml`` and the README for a full example)::
                    alpha_up, alpha_down, window, entropy_threshold,
                    max_sample_ratio, explore_ratio, initial_threshold, keep_rule,
                    ratio_estimate, lr, lr_final, momentum, weight_decay, min_batch,
-                   update, loss_norm, full_first, full_last, rescale
+                   update, loss_norm, full_first, full_last, rescale, sample_bn
     [savers.emp]   enabled, keep_ratio, gamma_weight, gamma_error, exempt
     [savers.quant] enabled, weight_bits, activation_bits, error_bits, grad_bits, stochastic,
                    range_bn, range_bn_chunks, weight_per_channel, exempt, include_filter
@@ -162,6 +162,7 @@ class EIFSection(Section):
     full_first: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     full_last: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     rescale: StrictBool = False
+    sample_bn: Literal["running", "batch"] = "running"
 
     @model_validator(mode="after")
     def _rules(self) -> EIFSection:

@@ -100,6 +100,27 @@ def _loss_divisor(rule: str, kept: int, streamed: int) -> float:
 
 
 @contextmanager
+def running_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Run a forward in which batch norm uses (and leaves) its running statistics.
+
+    Only the batch-norm modules switch to evaluation mode; the rest of ``model``
+    keeps its mode. Nets without batch norm are unchanged.
+    """
+    switched = [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+    ]
+    for module in switched:
+        module.train(False)
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.train(True)
+
+
+@contextmanager
 def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Run a train-mode forward without updating BatchNorm running statistics."""
     saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None]] = []
@@ -447,9 +468,12 @@ class LocalTrainer:
         n_sample = int(sample.sum())
         sample_macs = n_sample * self.main_cost.forward_macs
         if n_sample and ledger.spent_macs + sample_macs + step <= budget:
-            with torch.no_grad(), frozen_batchnorm_stats(self.model):
-                if not self.model.training:
-                    self.model.train()
+            if not self.model.training:
+                self.model.train()
+            statistics = (
+                running_batchnorm_stats if cfg.sample_bn == "running" else frozen_batchnorm_stats
+            )
+            with torch.no_grad(), statistics(self.model):
                 losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
             explored = decision.explored[sample]
             self.filter.observe(x[sample], losses, predicted_high=False, explored=explored)

@@ -177,3 +177,64 @@ count = 1
     assert "savers.eif" in message
     assert "rescale = true needs keep_rule" in message
     assert "full_first + full_last must be < 1" in message
+
+
+class SyntheticColour:
+    """32x32 colour instances, for a main net with batch norm (a CIFAR ResNet)."""
+
+    def __init__(self, n: int = 256) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 32, 32, generator=g)
+        self.y = torch.randint(0, 10, (n,), generator=g)
+
+    def batch(self, idx: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+@pytest.mark.parametrize("sample_bn", ["running", "batch"])
+def test_sampled_losses_use_the_batch_norm_statistics_asked_for(sample_bn: str) -> None:
+    """'running': a sampled instance's loss is the eval-mode loss of the net as it is,
+    and sampling leaves the running statistics alone; 'batch': the sampled batch's own."""
+    torch.manual_seed(0)
+    net = build_model("resnet8", num_classes=10, in_channels=3, image_size=32)
+    torch.manual_seed(1)
+    filt = build_filter("resnet8", in_channels=3, image_size=32)
+    cfg = EIFConfig(
+        target_ratio=0.25,
+        explore_ratio=0.5,
+        max_sample_ratio=0.5,
+        sample_bn=sample_bn,  # type: ignore[arg-type]
+    )
+    trainer = LocalTrainer(
+        net, SyntheticColour(), (3, 32, 32), TrainConfig(batch_size=32), filter_net=filt, eif=cfg
+    )
+    assert trainer.filter is not None
+    observe = trainer.filter.observe
+    checked = []
+
+    def checking_observe(x: Tensor, losses: Tensor, **kw: object) -> int:
+        if not kw["predicted_high"]:
+            bn = net.bn1
+            assert bn.running_mean is not None and bn.running_var is not None
+            with torch.no_grad():
+                net.eval()
+                at_eval = torch.nn.functional.cross_entropy(net(x), trainer_y(x), reduction="none")
+                net.train()
+            checked.append(torch.allclose(losses, at_eval, atol=1e-5))
+        return observe(x, losses, **kw)  # type: ignore[arg-type]
+
+    data = trainer.data
+    labels = {tuple(data.x[i].flatten()[:4].tolist()): int(data.y[i]) for i in range(len(data.y))}
+
+    def trainer_y(x: Tensor) -> Tensor:
+        return torch.tensor([labels[tuple(row.flatten()[:4].tolist())] for row in x])
+
+    trainer.filter.observe = checking_observe  # type: ignore[method-assign]
+    ledger = trainer.run(torch.arange(256)).ledger
+    assert ledger.uncertainty_sampled > 0 and len(checked) >= 3
+    if sample_bn == "running":
+        assert all(checked)
+        # only the training steps moved the statistics: sampling is not counted as a batch
+        assert int(net.bn1.num_batches_tracked) == ledger.steps
+    else:
+        assert not any(checked)
