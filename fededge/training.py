@@ -99,18 +99,22 @@ def _loss_divisor(rule: str, kept: int, streamed: int) -> float:
     return math.sqrt(kept * streamed)
 
 
-@contextmanager
-def running_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Run a forward in which batch norm uses (and leaves) its running statistics.
+BatchNorms = tuple[nn.modules.batchnorm._BatchNorm, ...]
 
-    Only the batch-norm modules switch to evaluation mode; the rest of ``model``
-    keeps its mode. Nets without batch norm are unchanged.
+
+def batchnorm_modules(model: nn.Module) -> BatchNorms:
+    """The batch-norm modules of ``model`` (empty for a net without batch norm)."""
+    return tuple(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@contextmanager
+def running_batchnorm_stats(batchnorms: BatchNorms) -> Iterator[None]:
+    """Run a forward in which these batch norms use (and leave) their running statistics.
+
+    Only the batch-norm modules switch to evaluation mode; the rest of the net
+    keeps its mode.
     """
-    switched = [
-        module
-        for module in model.modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
-    ]
+    switched = [module for module in batchnorms if module.training]
     for module in switched:
         module.train(False)
     try:
@@ -121,13 +125,11 @@ def running_batchnorm_stats(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Run a train-mode forward without updating BatchNorm running statistics."""
-    saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None]] = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            saved.append((module, module.momentum))
-            module.momentum = 0.0
+def frozen_batchnorm_stats(batchnorms: BatchNorms) -> Iterator[None]:
+    """Run a train-mode forward without updating these batch norms' running statistics."""
+    saved = [(module, module.momentum) for module in batchnorms]
+    for module, _ in saved:
+        module.momentum = 0.0
     try:
         yield
     finally:
@@ -197,6 +199,14 @@ class LocalTrainer:
         if filter_net is not None and eif is not None:
             self.filter = InstanceFilter(filter_net, eif)
             self.filter_cost = filter_cost or model_cost(filter_net, input_shape)
+        # how the forward-only pass of sampled instances normalises (EIF's sample_bn),
+        # and over which modules: found once, not on every streamed mini-batch
+        self._batchnorms = batchnorm_modules(model)
+        self._sampled_statistics = (
+            frozen_batchnorm_stats
+            if eif is not None and eif.sample_bn == "batch"
+            else running_batchnorm_stats
+        )
         self.pruner = (
             ErrorMapPruner(model, emp, kernels=emp_kernels, plans=emp_plans)
             if emp is not None
@@ -470,10 +480,7 @@ class LocalTrainer:
         if n_sample and ledger.spent_macs + sample_macs + step <= budget:
             if not self.model.training:
                 self.model.train()
-            statistics = (
-                running_batchnorm_stats if cfg.sample_bn == "running" else frozen_batchnorm_stats
-            )
-            with torch.no_grad(), statistics(self.model):
+            with torch.no_grad(), self._sampled_statistics(self._batchnorms):
                 losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
             explored = decision.explored[sample]
             self.filter.observe(x[sample], losses, predicted_high=False, explored=explored)
