@@ -22,6 +22,7 @@ so :mod:`fededge.flops` can count it with forward hooks.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -40,6 +41,7 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "LeNet5",
+    "MaxPool2d",
     "ResidualAdd",
     "SlimLeNetFilter",
     "ZeroPadShortcut",
@@ -82,6 +84,48 @@ _VGG16_CONFIG: tuple[int | str, ...] = (
 
 
 # --------------------------------------------------------------------------- building blocks
+
+
+def _max_pool_2x2(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
+    """2x2, stride-2 max pooling as the maximum of the windows' four strided corners."""
+    height, width = x.shape[-2:]
+    if height % 2 or width % 2:
+        if ceil_mode:  # the last window hangs over the edge: pad it with -inf
+            x = F.pad(x, (0, width % 2, 0, height % 2), value=-math.inf)
+        else:  # the last row / column belongs to no window
+            x = x[..., : height - height % 2, : width - width % 2]
+    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+    return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with a faster inference path for 2x2 windows at stride 2.
+
+    PyTorch's CPU ``max_pool2d`` on NCHW maps runs a scalar loop: on the 2-core
+    reference machine (one thread) pooling LeNet-5's first map of a 64-instance
+    batch (64 x 6 x 28 x 28) took 3.4 ms, against 0.5 ms for three elementwise
+    ``maximum`` of the windows' four strided corners (the second map: 1.2 vs
+    0.2 ms). Where no gradient is needed (the filter's inference on every streamed
+    instance, the sampled forwards, evaluation) that path runs; it computes the
+    same values (a maximum is exact), so the numbers are bitwise equal
+    (``tests/test_models.py``). With a gradient, and for other window settings,
+    ``max_pool2d`` runs (a backward through saved argmax indices was not faster).
+    It stays an ``nn.MaxPool2d``, so MAC counting and state dicts are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            not (x.requires_grad and torch.is_grad_enabled())
+            and self.kernel_size in (2, (2, 2))
+            and self.stride in (2, (2, 2))
+            and self.padding in (0, (0, 0))
+            and self.dilation in (1, (1, 1))
+            and not self.return_indices
+            and x.dim() in (3, 4)
+        ):
+            return _max_pool_2x2(x, self.ceil_mode)
+        out: torch.Tensor = super().forward(x)
+        return out
 
 
 class ResidualAdd(nn.Module):
@@ -191,10 +235,10 @@ class LeNet5(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)  # (B, 6, 28, 28)
         self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)  # (B, 6, 14, 14)
+        self.pool1 = MaxPool2d(2)  # (B, 6, 14, 14)
         self.conv2 = nn.Conv2d(6, 16, 5)  # (B, 16, 10, 10)
         self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)  # (B, 16, 5, 5)
+        self.pool2 = MaxPool2d(2)  # (B, 16, 5, 5)
         self.flatten = nn.Flatten()  # (B, 400)
         self.fc1 = nn.Linear(400, 120)
         self.relu3 = nn.ReLU()
@@ -343,7 +387,7 @@ class VGG16(nn.Module):
         channels = in_channels
         for item in _VGG16_CONFIG:
             if isinstance(item, str):  # "M"
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
             else:
                 layers += [
                     nn.Conv2d(channels, item, 3, padding=1, bias=False),
@@ -402,10 +446,10 @@ class SlimLeNetFilter(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 6, 3, stride=2, padding=1)  # (B, 6, 14, 14)
         self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)  # (B, 6, 7, 7)
+        self.pool1 = MaxPool2d(2)  # (B, 6, 7, 7)
         self.conv2 = nn.Conv2d(6, 16, 3)  # (B, 16, 5, 5)
         self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2, ceil_mode=True)  # (B, 16, 3, 3)
+        self.pool2 = MaxPool2d(2, ceil_mode=True)  # (B, 16, 3, 3)
         self.flatten = nn.Flatten()  # (B, 144)
         self.fc = nn.Linear(144, 2)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fededge.errors import ModelError
@@ -13,6 +16,7 @@ from fededge.models import (
     LOW_LOSS,
     MODEL_NAMES,
     BasicBlock,
+    MaxPool2d,
     ResidualAdd,
     ZeroPadShortcut,
     build_filter,
@@ -216,3 +220,38 @@ def test_resnet_convs_use_kaiming_fan_out_init() -> None:
     weight = conv.weight  # fan-out 64·3·3 = 576
     expected_std = (2.0 / 576) ** 0.5
     assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+_POOL_CASES = [
+    (shape, ceil)
+    for shape in [(3, 4, 28, 28), (2, 3, 5, 5), (2, 3, 7, 6), (3, 5, 5)]
+    for ceil in (False, True)
+] + [((1, 2, 1, 1), True)]  # a 1x1 map has a 2x2 window only in ceil mode
+
+
+@pytest.mark.parametrize(("shape", "ceil_mode"), _POOL_CASES)
+def test_max_pool_inference_path_equals_max_pool2d(shape: tuple[int, ...], ceil_mode: bool) -> None:
+    torch.manual_seed(0)
+    pool = MaxPool2d(2, ceil_mode=ceil_mode)
+    for x in (
+        torch.randn(shape),
+        torch.randint(-2, 3, shape).float().relu(),  # ties, as after a ReLU
+        torch.full(shape, -math.inf),
+        torch.randn(shape).masked_fill(torch.rand(shape) < 0.2, math.nan),
+    ):
+        with torch.no_grad():
+            fast = pool(x)
+        slow = F.max_pool2d(x, 2, ceil_mode=ceil_mode)
+        assert fast.shape == slow.shape
+        assert torch.equal(fast.nan_to_num(nan=7.0), slow.nan_to_num(nan=7.0))
+
+
+def test_max_pool_keeps_max_pool2d_where_a_gradient_is_needed() -> None:
+    x = torch.randint(-2, 3, (2, 3, 6, 6)).float().relu().requires_grad_()
+    y = x.detach().clone().requires_grad_()
+    grad = torch.randn(2, 3, 3, 3)
+    MaxPool2d(2)(x).backward(grad)
+    F.max_pool2d(y, 2).backward(grad)
+    assert x.grad is not None and y.grad is not None
+    assert torch.equal(x.grad, y.grad)  # ties: the first maximum gets the gradient
+    assert isinstance(MaxPool2d(2), nn.MaxPool2d)  # counted, saved and listed as before
