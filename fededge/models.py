@@ -113,15 +113,22 @@ class MaxPool2d(nn.MaxPool2d):
     It stays an ``nn.MaxPool2d``, so MAC counting and state dicts are unchanged.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            not (x.requires_grad and torch.is_grad_enabled())
-            and self.kernel_size in (2, (2, 2))
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # the window settings are fixed: which path can run is decided once
+        self._corners = (
+            self.kernel_size in (2, (2, 2))
             and self.stride in (2, (2, 2))
             and self.padding in (0, (0, 0))
             and self.dilation in (1, (1, 1))
             and not self.return_indices
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self._corners
             and x.dim() in (3, 4)
+            and not (x.requires_grad and torch.is_grad_enabled())
         ):
             return _max_pool_2x2(x, self.ceil_mode)
         out: torch.Tensor = super().forward(x)
