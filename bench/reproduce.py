@@ -9,8 +9,12 @@ one training loop:
   b-bit operands costs a·b/32² of a 32x32 one: 8x8 = 1/16, 8x16 = 1/8; see
   ``fededge/quantize.py``), the form of the paper's "with 8-bit" column,
 * test accuracy after the stream,
-* training wall time, and the wall-clock saving against the SGD arm of the same
-  run (arms run one after another in one process, same threads),
+* training wall time (the loop's, evaluations excluded), and the wall-clock
+  saving against the SGD arm of the same run (arms run one after another in one
+  process, same threads),
+* where that time and the MACs went, piece by piece (filter inference, sampled
+  forwards, main forward, main backward with EMP's selection, optimizer, filter
+  training, data fetching, bookkeeping: ``fededge.training.PIECES``), a second table,
 
 * the instruments that say why: main-net optimizer steps, mean loss of the kept
   and of the dropped instances (from the random exploration sample), the
@@ -171,18 +175,38 @@ def table(suite: str, results: list[SingleResult]) -> str:
         if arm.startswith("smb:"):
             label = f"SMB at {arm[4:]}'s MACs ({lg.streamed // max(lg.steps, 1)} x {lg.steps} it.)"
         saved = r.ledger.computation_saved
-        wall_saved = 1 - r.wall_s / base.wall_s if base else float("nan")
+        wall_saved = 1 - r.ledger.wall_s / base.ledger.wall_s if base else float("nan")
         ratio = wall_saved / saved if saved > 0 and base else float("nan")
         trained = r.ledger.trained / max(r.ledger.streamed, 1)
         per_instance = r.ledger.spent_macs / max(r.ledger.streamed, 1)
         lines.append(
             f"| {label} | {100 * saved:.2f}% | {100 * r.ledger.computation_saved_32eq:.2f}% "
             f"| {per_instance:,.0f} "
-            f"| {100 * r.accuracy:.2f}% | {r.wall_s:.1f} s "
+            f"| {100 * r.accuracy:.2f}% | {r.ledger.wall_s:.1f} s "
             f"| {100 * wall_saved:.1f}% | {ratio:.2f} | {100 * trained:.1f}% "
             f"| {lg.steps:,} | {losses} | {filt} | {PAPER[suite].get(arm, '')} |"
         )
     lines += ["", CONVERSION]
+    return "\n".join(lines)
+
+
+def breakdown_table(results: list[SingleResult]) -> str:
+    """Wall seconds and MACs of each piece of the loop, per arm (share of the arm's total)."""
+    pieces = [p for p, _, _ in results[0].breakdown()] if results else []
+    lines = [
+        "| arm | " + " | ".join(p.replace("_", " ") for p in pieces) + " | total |",
+        "|---|" + "---|" * (len(pieces) + 1),
+    ]
+    for r in results:
+        rows = r.breakdown()
+        wall = sum(s for _, s, _ in rows) or 1.0
+        macs = sum(m for _, _, m in rows) or 1
+        cells = [
+            f"{s:.1f} s ({100 * s / wall:.0f}%)" + (f" / {100 * m / macs:.0f}% MACs" if m else "")
+            for _, s, m in rows
+        ]
+        arm = r.name.rsplit("/", 1)[1]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {wall:.1f} s / {macs:.3g} MACs |")
     return "\n".join(lines)
 
 
@@ -284,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads, device {args.device}, command: {' '.join(sys.argv)}"
     )
     print(text)
+    print()
+    print("Where the training loop's wall time and MACs went (shares of each arm's total):")
+    print(breakdown_table(results))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -296,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                             "name": r.name,
                             "accuracy": r.accuracy,
                             "wall_s": r.wall_s,
+                            "pieces_s": r.pieces_s,
                             "curve": r.curve,
                             "trace": r.trace,
                             **r.ledger.to_metrics(),

@@ -20,7 +20,7 @@ from fededge.instance_filter import EIFConfig
 from fededge.ledger import Ledger
 from fededge.models import build_filter, build_model, default_filter
 from fededge.quantize import QuantConfig
-from fededge.training import LocalTrainer, TrainConfig, evaluate
+from fededge.training import PIECES, LocalTrainer, TrainConfig, evaluate
 
 
 @dataclass
@@ -35,6 +35,24 @@ class SingleResult:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (instances streamed, accuracy)
     #: per evaluation point, what happened since the previous one (see :func:`instruments`)
     trace: list[dict[str, float]] = field(default_factory=list)
+    #: the training loop's wall seconds by piece (:data:`fededge.training.PIECES`)
+    pieces_s: dict[str, float] = field(default_factory=dict)
+
+    def breakdown(self) -> list[tuple[str, float, int]]:
+        """(piece, wall seconds, MACs) for every piece of the loop, in :data:`PIECES` order.
+
+        The seconds add up to the loop's wall time (evaluation excluded); the MACs
+        to the ledger's spent MACs (pieces that multiply nothing count 0).
+        """
+        lg = self.ledger
+        macs = {
+            "filter_decide": lg.filter_forward_macs,
+            "sampled_forward": lg.sampled_forward_macs,
+            "main_forward": lg.main_forward_macs,
+            "main_backward": lg.main_backward_macs + lg.selection_macs,
+            "filter_train": lg.filter_train_macs,
+        }
+        return [(p, self.pieces_s.get(p, 0.0), macs.get(p, 0)) for p in PIECES]
 
     def table(self) -> str:
         """A readable ledger table."""
@@ -284,7 +302,14 @@ def train_single(
     acc, loss = evaluate(net, test, len(test), device=device)
     trainer.close()
     return SingleResult(
-        name=name, ledger=ledger, accuracy=acc, loss=loss, wall_s=wall, curve=curve, trace=trace
+        name=name,
+        ledger=ledger,
+        accuracy=acc,
+        loss=loss,
+        wall_s=wall,
+        curve=curve,
+        trace=trace,
+        pieces_s=dict(trainer.clock.seconds),
     )
 
 

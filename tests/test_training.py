@@ -151,3 +151,39 @@ def test_stream_lr_warms_up_then_steps_down_at_milestones() -> None:
     assert stream_lr(499, **kw) == 0.1  # type: ignore[arg-type]
     assert stream_lr(500, **kw) == pytest.approx(0.01)  # type: ignore[arg-type]
     assert stream_lr(750, **kw) == pytest.approx(0.001)  # type: ignore[arg-type]
+
+
+def test_piece_clock_splits_the_whole_loop_wall_time() -> None:
+    from fededge.training import PIECES
+
+    plain = _trainer()
+    plain_ledger = plain.run(torch.arange(256)).ledger
+    trainer = _trainer("eif+emp")
+    ledger = trainer.run(torch.arange(512), flush=True).ledger
+
+    for t, lg in ((plain, plain_ledger), (trainer, ledger)):
+        seconds = t.clock.seconds
+        assert tuple(seconds) == PIECES
+        assert all(s >= 0 for s in seconds.values())
+        # every lap lies inside run(): the pieces add up to its wall time, none lost
+        assert sum(seconds.values()) == pytest.approx(lg.wall_s, rel=0.02, abs=1e-3)
+    assert plain.clock.seconds["filter_decide"] == plain.clock.seconds["filter_train"] == 0
+    assert all(plain.clock.seconds[p] > 0 for p in ("main_forward", "main_backward", "optimizer"))
+    assert all(trainer.clock.seconds[p] > 0 for p in PIECES)
+
+
+def test_breakdown_adds_up_to_the_ledger() -> None:
+    from fededge.single import SingleResult
+    from fededge.training import PIECES
+
+    trainer = _trainer("eif+emp")
+    ledger = trainer.run(torch.arange(512), flush=True).ledger
+    result = SingleResult("t", ledger, 0.0, 0.0, ledger.wall_s, pieces_s=trainer.clock.seconds)
+
+    rows = result.breakdown()
+    assert [p for p, _, _ in rows] == list(PIECES)
+    assert sum(m for _, _, m in rows) == ledger.spent_macs  # every MAC in one piece
+    assert sum(s for _, s, _ in rows) == pytest.approx(ledger.wall_s, rel=0.02, abs=1e-3)
+    macs = {p: m for p, _, m in rows}
+    assert macs["main_backward"] == ledger.main_backward_macs + ledger.selection_macs > 0
+    assert macs["fetch"] == macs["optimizer"] == macs["bookkeeping"] == 0
