@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fededge.error_map import KERNELS, EMPConfig, ErrorMapPruner, Kernels
+from fededge.method.error_map import KERNELS, EMPConfig, ErrorMapPruner, Kernels
 
 
 def build_model(name: str) -> nn.Module:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fededge.loopback import LoopbackDeployment
+from fededge.deploy.loopback import LoopbackDeployment
 
 SCENARIO = """
 [run]

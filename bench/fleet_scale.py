@@ -7,7 +7,7 @@ both (``[simulation]`` of ``scenarios/fleet-500.toml``: 1 CPU per client,
 
 - **fededge**: ``scenarios/fleet-500.toml`` scaled to N devices (tiers 40/40/20 %,
   budgets, EIF + EMP on, device state, ledger, fleet report written every round,
-  central evaluation on 2000 test images), run by :func:`server.simulation.simulate`;
+  central evaluation on 2000 test images), run by :func:`fededge.cli.simulation.simulate`;
 - **flower**: a minimal, bench-local ClientApp / ServerApp (:data:`plain_client_app`,
   :func:`plain_server_app`): the same LeNet-5, the same arrivals per device and
   round (same partition, same stream order, ``--arrivals`` instances), plain SGD
@@ -15,7 +15,8 @@ both (``[simulation]`` of ``scenarios/fleet-500.toml``: 1 CPU per client,
   (its only setting: the train metrics are summed, not averaged) and the same
   central evaluation, on Flower's stock simulation engine;
 - **flower+dispatch**: the same plain app on the engine as fededge runs it, with
-  :mod:`server.dispatch` (messages handed to the workers in one scan per sweep
+  :func:`server.flower_compat.one_scan_dispatch` (messages handed to the workers in one scan
+  per sweep
   instead of one scan per device): the like-for-like baseline for what fededge's
   device model, streams and ledger add.
 
@@ -78,7 +79,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fededge.streams import DeviceStream
+from fededge.data.streams import DeviceStream
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -89,7 +90,7 @@ ARMS = ("fededge", "flower", "flower+dispatch")
 # --------------------------------------------------------------------------- scenario
 def scaled_scenario(devices: int, rounds: int, arrivals: int, max_concurrent: int) -> Any:
     """``fleet-500.toml`` with ``devices`` devices (tiers 40/40/20 %) and the bench's knobs."""
-    from fededge.scenario import load_scenario
+    from fededge.config.scenario import load_scenario
 
     phones = max(1, round(0.4 * devices))
     pis = max(1, round(0.4 * devices))
@@ -126,8 +127,8 @@ def _plain_setup(devices: int, seed: int) -> dict[str, Any]:
     key = f"{devices}-{seed}"
     if _PLAIN.get("key") != key:
         from fededge.data import load_dataset
+        from fededge.data.streams import partition
         from fededge.models import build_model
-        from fededge.streams import partition
 
         data = load_dataset("mnist", "train")
         parts = partition(data.labels.numpy(), devices, "iid", seed=seed, min_size=1)
@@ -202,8 +203,8 @@ def _sum_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
 def plain_server_app(scenario: Any, rounds_out: list[dict[str, float]]) -> Any:
     """A stock-FedAvg ServerApp over the plain ClientApp; fills ``rounds_out``."""
     from fededge.data import load_dataset
+    from fededge.method.training import evaluate
     from fededge.models import build_model
-    from fededge.training import evaluate
 
     app = ServerApp()
     n = scenario.num_devices
@@ -268,7 +269,7 @@ def plain_server_app(scenario: Any, rounds_out: list[dict[str, float]]) -> Any:
 # --------------------------------------------------------------------------- child runs
 def run_fededge(scenario: Any, out_dir: Path) -> list[dict[str, float]]:
     """Run the scenario with fededge; per-round wall, train and client seconds."""
-    from server.simulation import simulate
+    from fededge.cli.simulation import simulate
 
     ends: dict[int, float] = {}
     report = simulate(
@@ -298,23 +299,23 @@ def run_flower(scenario: Any, *, dispatch: bool = False) -> list[dict[str, float
     """Run the plain Flower arm; per-round wall, train and client seconds.
 
     With ``dispatch`` the engine hands out messages as fededge's does
-    (:func:`server.dispatch.install`).
+    (:func:`server.flower_compat.one_scan_dispatch`).
     """
+    import contextlib
     import warnings
 
     from flwr.simulation import run_simulation
 
-    from server.dispatch import install
-    from server.simulation import backend_config, quiet_environment
+    from fededge.cli.simulation import backend_config, quiet_environment
+    from server.flower_compat import one_scan_dispatch
 
     quiet_environment()
-    if dispatch:
-        install()
     sys.path.insert(0, str(BENCH_DIR))
     import fleet_scale  # by name, so Ray workers import it rather than unpickle copies
 
     rounds: list[dict[str, float]] = []
-    with warnings.catch_warnings():
+    feeder = one_scan_dispatch() if dispatch else contextlib.nullcontext()
+    with feeder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=fleet_scale.plain_server_app(scenario, rounds),

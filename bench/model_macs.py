@@ -3,13 +3,13 @@
 Prints forward, backward (grad-input + grad-weight) and training MACs per
 instance (28x28 for LeNet-5 and the slim-LeNet filter, 32x32 otherwise), and
 each filter's inference cost relative to the main nets' training cost.
-Counts are exact (see ``fededge/flops.py``; tests cross-check them against
+Counts are exact (see ``fededge/cost/flops.py``; tests cross-check them against
 ``torch.utils.flop_counter.FlopCounterMode``). Run: ``python bench/model_macs.py``.
 """
 
 from __future__ import annotations
 
-from fededge.flops import model_cost
+from fededge.cost.flops import model_cost
 from fededge.models import build_filter, build_model
 
 MAIN = [

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from fededge.data.loading import load_dataset
+from fededge.method.quantize import ModelQuantizer, QuantConfig
 from fededge.models import build_model
-from fededge.quantize import ModelQuantizer, QuantConfig
 
 VARIANTS: dict[str, dict[str, object]] = {
     "default (Banner et al.)": {},

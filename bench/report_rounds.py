@@ -1,6 +1,6 @@
 """Benchmark: what the fleet report costs per round as a run grows.
 
-A run's tables are written after every round (``fededge.report.FleetReport``) and
+A run's tables are written after every round (``fededge.reports.fleet_report.FleetReport``) and
 the checkpoint manifest records them. If a round rewrote every table in full, the
 cost of round ``r`` would grow with ``r`` (quadratic over the run). This times
 :meth:`FleetReport.add_round` plus :func:`server.checkpoint.save_checkpoint`'s
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fededge.report import FleetReport, device_row
-from fededge.scenario import parse_scenario
+from fededge.config.scenario import parse_scenario
+from fededge.reports.fleet_report import FleetReport, device_row
 from server.checkpoint import save_checkpoint
 
 SCENARIO = """

@@ -7,14 +7,14 @@ one training loop:
 * computation saved (``1 - spent / baseline`` MACs, every overhead included),
 * with ``+q``, computation saved in 32-bit-equivalent MACs (a MAC of a-bit by
   b-bit operands costs a·b/32² of a 32x32 one: 8x8 = 1/16, 8x16 = 1/8; see
-  ``fededge/quantize.py``), the form of the paper's "with 8-bit" column,
+  ``fededge/method/quantize.py``), the form of the paper's "with 8-bit" column,
 * test accuracy after the stream,
 * training wall time (the loop's, evaluations excluded), and the wall-clock
   saving against the SGD arm of the same run (arms run one after another in one
   process, same threads),
 * where that time and the MACs went, piece by piece (filter inference, sampled
   forwards, main forward, main backward with EMP's selection, optimizer, filter
-  training, data fetching, bookkeeping: ``fededge.training.PIECES``), a second table,
+  training, data fetching, bookkeeping: ``fededge.method.training.PIECES``), a second table,
 
 * the instruments that say why: main-net optimizer steps, mean loss of the kept
   and of the dropped instances (from the random exploration sample), the
@@ -56,10 +56,10 @@ from pathlib import Path
 
 import torch
 
-from fededge.error_map import EMPConfig
-from fededge.instance_filter import EIFConfig
-from fededge.quantize import QuantConfig
-from fededge.single import SingleResult, train_single
+from fededge.method.error_map import EMPConfig
+from fededge.method.instance_filter import EIFConfig
+from fededge.method.quantize import QuantConfig
+from fededge.method.single import SingleResult, train_single
 
 ARMS = ("none", "eif", "emp", "eif+emp", "eif+emp+q")
 SAVERS = ("eif", "emp", "q")  # an arm is "none" or a "+"-joined subset of these

@@ -37,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fededge.error_map import EMPConfig, ErrorMapPruner, channel_scores, kept_channels, num_kept
+from fededge.method.error_map import (
+    EMPConfig,
+    ErrorMapPruner,
+    channel_scores,
+    kept_channels,
+    num_kept,
+)
 from fededge.models import build_model
 
 SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}

@@ -2,7 +2,7 @@
 
 A device is built from its node config -- ``partition-id`` on a simulated
 device, ``device-id`` (plus optional ``device-profile``, ``tier``, ``data-dir``,
-``data``, ``threads``) on a real one, see :mod:`fededge.deployment` -- and the
+``data``, ``threads``) on a real one, see :mod:`fededge.deploy.node_config` -- and the
 scenario the server sends with every train message (TOML text; parsed once per
 process and cached by digest, with the datasets, partitions and model costs it
 needs). Its local state lives in ``context.state`` across rounds.
@@ -24,10 +24,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients import state as device_state
-from clients.transport import record_tensors
-from fededge.deployment import DeviceSetup, device_tier, parse_node_config
+from fededge.config.scenario import Scenario, Tier, parse_scenario
+from fededge.deploy.node_config import DeviceSetup, device_tier, parse_node_config
 from fededge.fleet import FleetRuntime
-from fededge.scenario import Scenario, Tier, parse_scenario
+from fededge.wire import ledger_metrics, record_tensors
 
 app = ClientApp()
 
@@ -54,15 +54,6 @@ class _ProcessCache:
 
 
 _CACHE = _ProcessCache()
-
-
-def device_id_of(context: Context) -> int:
-    """The device (partition) id of this node."""
-    config = context.node_config
-    for key in ("partition-id", "device-id"):
-        if key in config:
-            return int(str(config[key]))
-    raise KeyError("node_config has no 'partition-id' (simulation) or 'device-id' (deployment)")
 
 
 @app.query()
@@ -167,7 +158,6 @@ def train(msg: Message, context: Context) -> Message:
     )
     device_id = setup.device_id
     tier = device_tier(runtime.scenario, setup)
-    runtime.configure_device(device_id, tier=tier, local_data=setup.local_data)
     # a real device trains on all its cores unless told otherwise
     threads = setup.threads or (
         None if setup.real else runtime.scenario.simulation.threads_per_client
@@ -185,7 +175,9 @@ def train(msg: Message, context: Context) -> Message:
 
     _inject_faults(runtime.scenario, device_id, server_round)
     weights = record_tensors(msg.content.array_records["arrays"])
-    result, new_state = runtime.train_round(device_id, weights, server_round, state)
+    result, new_state = runtime.train_round(
+        device_id, weights, server_round, state, tier=tier, local_data=setup.local_data
+    )
     if not result.dropped and not math.isfinite(result.ledger.loss_sum):
         # the update is garbage: say so (the server keeps its model), keep the old state
         raise Diverged(
@@ -201,7 +193,7 @@ def train(msg: Message, context: Context) -> Message:
     if not result.dropped:
         content["arrays"] = ArrayRecord(attacked(tier, weights, result.weights))
     metrics: dict[str, int | float | list[int] | list[float]] = {
-        **{k: v for k, v in result.ledger.to_metrics().items() if math.isfinite(v)},
+        **ledger_metrics(result.ledger),
         "num-examples": result.ledger.trained,
         "device-id": device_id,
         "tier-index": [t.name for t in runtime.scenario.tiers].index(tier.name),
@@ -210,7 +202,7 @@ def train(msg: Message, context: Context) -> Message:
         "energy_j": result.energy_j,
         "upload_s": result.upload_s,
         "download_s": result.download_s,
-        "threshold": result.threshold if math.isfinite(result.threshold) else -1.0,
+        "threshold": result.threshold,  # NaN without EIF (fededge.wire.NON_FINITE)
         "real_device": int(setup.real),
         "client_wall_s": time.perf_counter() - started,
         "pid": os.getpid(),

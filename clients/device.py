@@ -14,7 +14,8 @@ ClientApp task from the SuperNode's Runtime API (the same calls
 ``flwr-clientapp`` makes) and runs :data:`clients.app.app` in place, so torch,
 the scenario, the data and the nets stay loaded from round to round.
 
-Two of Flower's waits are shortened in this process (:mod:`clients.polling`):
+Two of Flower's waits are shortened in this process (:mod:`clients.flower_compat`,
+which also holds every other Flower internal a device uses):
 retries of message objects that are not there yet (1 s, then 2 s...; the
 worker claims a task before the SuperNode has its objects) with the worker,
 and the SuperNode's own polls (3 s when idle) when ``supernode_poll_s`` is
@@ -35,8 +36,8 @@ import httpx
 from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
 
-from clients.polling import shorten_object_pulls, shorten_supernode_polls
-from fededge.ledger import MAC_FIELDS
+from clients import flower_compat as flower
+from fededge.cost.ledger import MAC_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +81,12 @@ class DeviceWorker(threading.Thread):
 
     def run(self) -> None:
         """Claim and run tasks until stopped."""
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-        from flwr.supercore.runtime import RuntimeHttpClient
-
         if self.client_app is None:
             from clients.app import app
 
             self.client_app = app
-        client = RuntimeHttpClient.from_server_address(
-            server_address=self.runtime_address,
-            insecure=True,  # the Runtime API listens on this device's loopback
-            root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp")],
-        )
-        request = AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK])
+        client = flower.runtime_client(self.runtime_address)
+        request = flower.AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK])
         try:
             while not self._stop.is_set():
                 try:
@@ -116,35 +108,15 @@ class DeviceWorker(threading.Thread):
         Any failure becomes an error reply (the server logs it and the round
         goes on); the worker keeps serving.
         """
-        from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.interceptors import (
-            RuntimeTokenHttpInterceptor,
-            RuntimeVersionHttpInterceptor,
-        )
-        from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supernode.runtime.run_clientapp import (
-            pull_task_input,
-            push_message,
-            push_task_output,
-        )
-
-        client = RuntimeHttpClient.from_server_address(
-            server_address=self.runtime_address,
-            insecure=True,
-            root_certificates=None,
-            interceptors=[
-                RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                RuntimeTokenHttpInterceptor(token),
-            ],
-        )
+        client = flower.runtime_client(self.runtime_address, token)
         heartbeat = _TaskHeartbeat(client)
         started = time.perf_counter()
         times: dict[str, float] = {}
         message = context = reply = None
-        status, details = SubStatus.FAILED, "ClientApp task failed"
+        status, details = flower.SubStatus.FAILED, "ClientApp task failed"
         try:
             heartbeat.start()
-            message, context, run, _fab = pull_task_input(client)
+            message, context, run, _fab = flower.pull_task_input(client)
             times["pull"] = time.perf_counter()
             if run.fab_id != FEDEDGE_FAB_ID:
                 raise RuntimeError(
@@ -155,21 +127,23 @@ class DeviceWorker(threading.Thread):
             assert self.client_app is not None
             reply = self.client_app(message=message, context=context)
             times["app"] = time.perf_counter()
-            status, details = SubStatus.COMPLETED, ""
+            status, details = flower.SubStatus.COMPLETED, ""
         except Exception as exc:  # a failed task is an error reply, never a dead device
             log.exception("ClientApp task failed")
             details = f"{type(exc).__name__}: {exc}"
             if message is not None:
                 reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
+                    Error(code=flower.ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
                     reply_to=message,
                 )
         finally:
             try:
                 if reply is not None and context is not None:
-                    push_message(client, reply, context)
+                    flower.push_message(client, reply, context)
                     times["push reply"] = time.perf_counter()
-                push_task_output(client=client, context=context, sub_status=status, details=details)
+                flower.push_task_output(
+                    client=client, context=context, sub_status=status, details=details
+                )
                 times["push state"] = time.perf_counter()
             except httpx.HTTPError:
                 log.exception("could not hand the reply to the SuperNode")
@@ -230,11 +204,9 @@ class _TaskHeartbeat:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
-
         while not self._stop.wait(self.interval_s):
             try:
-                self.client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+                self.client.SendTaskHeartbeat(flower.SendTaskHeartbeatRequest())
             except httpx.HTTPError:
                 log.debug("task heartbeat failed", exc_info=True)
 
@@ -250,7 +222,7 @@ def load_client_app(spec: str, option: str = "client app") -> ClientApp:
     import importlib
     import os
 
-    from fededge.errors import ConfigError, ConfigIssue
+    from fededge.config.errors import ConfigError, ConfigIssue
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -294,13 +266,25 @@ def run_device(
     Returns when the SuperNode stops (Ctrl-C, SIGTERM, refused by the SuperLink):
     Flower exits the process with its exit code.
     """
-    from flwr.supernode.cli.flower_supernode import flower_supernode
+    import contextlib
 
-    if worker or supernode_poll_s is not None:
-        # a message found before its objects: retry in 0.05 s, not after 1 s, 2 s...
-        shorten_object_pulls()
-    if supernode_poll_s is not None:
-        shorten_supernode_polls(supernode_poll_s)
+    with contextlib.ExitStack() as waits:
+        if worker or supernode_poll_s is not None:
+            # a message found before its objects: retry in 0.05 s, not after 1 s, 2 s...
+            waits.enter_context(flower.shortened_object_pulls())
+        if supernode_poll_s is not None:
+            waits.enter_context(flower.shortened_supernode_polls(supernode_poll_s))
+        _serve(supernode_args, runtime_port, worker, worker_poll_s, client_app)
+
+
+def _serve(
+    supernode_args: Sequence[str],
+    runtime_port: int,
+    worker: bool,
+    worker_poll_s: float,
+    client_app: ClientApp | None,
+) -> None:
+    """The SuperNode and its worker (see :func:`run_device`)."""
     if worker and client_app is None:
         # the app's imports (torch, the core) load now, not in the first round
         import clients.app  # noqa: F401
@@ -309,4 +293,4 @@ def run_device(
         DeviceWorker(address, client_app, poll_s=worker_poll_s, on_reply=print_reply).start()
     # flower-supernode parses its own command line: hand it its arguments
     sys.argv = ["flower-supernode", *supernode_args]
-    flower_supernode()
+    flower.flower_supernode()

@@ -1,11 +1,12 @@
-"""A fleet built from a scenario: datasets, partitions, model costs and devices.
+"""A fleet built from a scenario: datasets, partitions, model costs and device rounds.
 
 This is the core behind the Flower apps (``clients/`` and ``server/`` only
 adapt it): a :class:`FleetRuntime` holds what every device of a scenario shares
 (datasets, partitions, per-instance model costs, one main net and one filter
-net reused for every device it hosts), so a worker process loads it once; an
-:class:`EdgeDevice` is one device's round: profile + budget + stream + local
-state, trained with the one training loop (:class:`~fededge.training.LocalTrainer`).
+net reused for every device it hosts), so a worker process loads it once.
+:meth:`FleetRuntime.train_round` is one device's round: its tier (profile,
+budget, savers), its stream and its local state, trained with the one training
+loop (:class:`~fededge.method.training.LocalTrainer`).
 """
 
 from __future__ import annotations
@@ -21,19 +22,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fededge.config.scenario import SaversSection, Scenario, Tier, data_dir_of
+from fededge.cost.ledger import Ledger
+from fededge.cost.pricing import net_costs
 from fededge.data import ImageDataset, dataset_info, load_dataset
-from fededge.error_map import EMPConfig, KernelPlans
-from fededge.flops import ModelCost, model_cost
-from fededge.instance_filter import EIFConfig
-from fededge.ledger import Ledger
+from fededge.data.streams import DeviceStream, partition
+from fededge.method.error_map import EMPConfig, KernelPlans
+from fededge.method.instance_filter import EIFConfig
+from fededge.method.quantize import QuantConfig
+from fededge.method.training import LocalTrainer, TrainConfig, evaluate
 from fededge.models import build_filter, build_model
-from fededge.quantize import QuantConfig
-from fededge.scenario import SaversSection, Scenario, Tier, data_dir_of
-from fededge.streams import DeviceStream, partition
-from fededge.training import LocalTrainer, TrainConfig, evaluate
 
 
-def eif_config(savers: SaversSection, rounds: int) -> EIFConfig | None:
+def eif_config(savers: SaversSection) -> EIFConfig | None:
     """The EIF parameters of a saver section (None when EIF is off)."""
     s = savers.eif
     if not s.enabled:
@@ -72,36 +73,6 @@ def train_config(scenario: Scenario) -> TrainConfig:
         weight_decay=t.weight_decay,
         nesterov=t.nesterov,
     )
-
-
-def _costs(scenario: Scenario) -> tuple[ModelCost, ModelCost]:
-    info = dataset_info(scenario.data.dataset, data_dir_of(scenario))
-    shape = (info.channels, info.image_size, info.image_size)
-    main = build_model(
-        scenario.main_model,
-        num_classes=info.num_classes,
-        in_channels=info.channels,
-        image_size=info.image_size,
-    )
-    filt = build_filter(
-        scenario.filter_model, in_channels=info.channels, image_size=info.image_size
-    )
-    return model_cost(main, shape), model_cost(filt, shape)
-
-
-def minimum_round_macs(scenario: Scenario, tier: Tier) -> int:
-    """The least budget that lets a device of ``tier`` train one mini-batch in a round.
-
-    With EIF on, the device must also be able to filter and to train the
-    filter on that batch; the bound is the loop's own worst case for one
-    streamed mini-batch (:meth:`LocalTrainer._stream_batch`).
-    """
-    main, filt = _costs(scenario)
-    b = scenario.train.batch_size
-    needed = b * main.training_macs
-    if tier.savers.eif.enabled:
-        needed += b * (filt.forward_macs + filt.training_macs)
-    return needed
 
 
 INITIAL_FILTER_CACHE_BYTES = 32 * 2**20
@@ -144,11 +115,14 @@ class FleetRuntime:
         )
         self.main_net = self.new_main_net()
         self.filter_net = self._new_filter_net(0)
-        self.main_cost = model_cost(self.main_net, self.input_shape)
-        self.filter_cost = model_cost(self.filter_net, self.input_shape)
+        self.main_cost, self.filter_cost = net_costs(
+            scenario.main_model,
+            scenario.filter_model,
+            channels=self.info.channels,
+            image_size=self.info.image_size,
+            num_classes=self.info.num_classes,
+        )
         self.weight_names = transported_names(self.main_net)
-        self._device_tiers: dict[int, Tier] = {}
-        self._local_data: set[int] = set()
         self._model_bytes: int = sum(
             int(v.numel()) * 4
             for k, v in self.main_net.state_dict().items()
@@ -166,7 +140,7 @@ class FleetRuntime:
 
     @cached_property
     def partitions(self) -> list[np.ndarray]:
-        """Every device's share of the training set (see :func:`fededge.streams.partition`)."""
+        """Every device's share of the training set (see :func:`fededge.data.streams.partition`)."""
         data = self.scenario.data
         return partition(
             self.train_data.labels.numpy(),
@@ -232,38 +206,20 @@ class FleetRuntime:
         return self._model_bytes
 
     # -------------------------------------------------------------- devices
-    def configure_device(
-        self, device_id: int, *, tier: Tier | None = None, local_data: bool = False
-    ) -> None:
-        """Let a (real) device train under ``tier`` and/or on all of its training data.
+    def stream(
+        self, device_id: int, tier: Tier | None = None, *, local_data: bool = False
+    ) -> DeviceStream:
+        """Device ``device_id``'s stream (fresh state).
 
-        ``tier`` replaces the tier of ``device_id`` (e.g. the same budget with
-        the device's own profile, see :func:`fededge.deployment.device_tier`);
-        ``local_data`` streams the whole training set instead of the device's
-        partition (a device with its own data).
+        ``tier``: the tier the device trains under (default: the scenario's tier
+        of ``device_id``; a real device's may differ, see
+        :func:`fededge.deploy.node_config.device_tier`); ``local_data``: stream
+        the whole training set instead of the device's partition (a device with
+        its own data).
         """
-        if tier is None:
-            self._device_tiers.pop(device_id, None)
-        else:
-            self._device_tiers[device_id] = tier
-        if local_data:
-            self._local_data.add(device_id)
-        else:
-            self._local_data.discard(device_id)
-
-    def tier_of(self, device_id: int) -> Tier:
-        """The tier device ``device_id`` trains under (see :meth:`configure_device`)."""
-        return self._device_tiers.get(device_id) or self.scenario.tier_of(device_id)
-
-    def stream(self, device_id: int) -> DeviceStream:
-        """Device ``device_id``'s stream (fresh state)."""
-        tier = self.tier_of(device_id)
+        tier = tier or self.scenario.tier_of(device_id)
         data = self.scenario.data
-        indices = (
-            np.arange(len(self.train_data))
-            if device_id in self._local_data
-            else self.partitions[device_id]
-        )
+        indices = np.arange(len(self.train_data)) if local_data else self.partitions[device_id]
         return DeviceStream(
             indices=indices,
             rate=tier.arrivals_per_round,
@@ -279,15 +235,19 @@ class FleetRuntime:
         weights: Mapping[str, Tensor],
         server_round: int,
         state: dict[str, Any] | None,
+        *,
+        tier: Tier | None = None,
+        local_data: bool = False,
     ) -> tuple[RoundResult, dict[str, Any]]:
         """Run device ``device_id``'s round and return its result and new local state.
 
         ``state`` is what the previous round returned (None in the first round):
         stream position and backlog, the trainer's queue, the filter's weights,
-        optimizer, T_l and R_TH window.
+        optimizer, T_l and R_TH window. ``tier`` and ``local_data``: as in
+        :meth:`stream`.
         """
         scenario = self.scenario
-        tier = self.tier_of(device_id)
+        tier = tier or scenario.tier_of(device_id)
         profile = tier.profile
         seed = scenario.run.seed
         rng = np.random.default_rng([seed, device_id, server_round, 7])
@@ -307,7 +267,7 @@ class FleetRuntime:
             return result, state or {}
 
         load_weights(self.main_net, weights)
-        eif = eif_config(tier.savers, scenario.run.rounds)
+        eif = eif_config(tier.savers)
         emp = emp_config(tier.savers)
         filter_net = None
         if eif is not None:
@@ -333,7 +293,7 @@ class FleetRuntime:
             quant=quant_config(tier.savers),
         )
         trainer.set_lr(scenario.train.lr_at_round(server_round, scenario.run.rounds))
-        stream = self.stream(device_id)
+        stream = self.stream(device_id, tier, local_data=local_data)
         if state:  # None or {} (a device that dropped out before its first round)
             stream.load_state(state["stream"])
             trainer.load_state_dict(state["trainer"])

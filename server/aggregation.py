@@ -14,8 +14,8 @@ import math
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from clients.transport import array_numpy
-from fededge.scenario import ServerSection
+from fededge.config.scenario import ServerSection
+from fededge.wire import array_numpy
 
 #: ``(device, weights, weight in the average)`` of one good reply.
 Good = tuple[int, dict[str, np.ndarray], float]

@@ -20,14 +20,14 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.transport import record_tensors
-from fededge.deployment import portable_scenario_text
+from fededge.config.scenario import Scenario
+from fededge.deploy.node_config import portable_scenario_text
+from fededge.files import atomic_write_text
 from fededge.fleet import FleetRuntime, transported_weights
-from fededge.progress import Progress, round_line
-from fededge.provenance import provenance
-from fededge.report import FleetReport
-from fededge.scenario import Scenario
-from fededge.tables import atomic_write_text
+from fededge.reports.fleet_report import FleetReport
+from fededge.reports.progress import Progress, round_line
+from fededge.reports.provenance import provenance
+from fededge.wire import record_tensors
 from server.checkpoint import load_checkpoint, new_run_id, save_checkpoint
 from server.deployment import RunSettings
 from server.strategy import FleetIncomplete, FleetStrategy, RoundOutcome
@@ -107,7 +107,6 @@ def run_server(
         evaluate_fn=evaluate_fn,
         expected=expected,
         on_round=after_round,
-        state_dir=state_dir,
         stop=stop,
         train_size=runtime.info.train_size,
     )
@@ -165,9 +164,14 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the scenario comes from the run config."""
-    from clients.polling import shorten_object_pulls
+    from server.flower_compat import shortened_object_pulls
 
-    shorten_object_pulls()  # a reply found before its objects: retry in 0.05 s, not 1 s
+    # a reply found before its objects: retry in 0.05 s, not 1 s
+    with shortened_object_pulls():
+        _main(grid, context)
+
+
+def _main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     scenario = settings.load_scenario()
     # relative: to the SuperLink's folder (where `flwr run .` first started it)
@@ -210,7 +214,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         print(report.summary_text())
         failure = report.failure()
-        from fededge.pages import render_run
+        from fededge.reports.pages import render_run
 
         if report.rounds:  # the tables and plots in one page, as `fededge run` writes it
             print(f"results: {out_dir} (report: {render_run(out_dir, plots=False)})", flush=True)

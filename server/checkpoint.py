@@ -2,7 +2,7 @@
 
 After every round the server writes, in this order:
 
-1. the round's tables (:class:`fededge.report.FleetReport`): rows appended to
+1. the round's tables (:class:`fededge.reports.fleet_report.FleetReport`): rows appended to
    ``rounds.csv`` and ``devices.csv``, the small tables rewritten atomically;
 2. ``checkpoint/global-r<round>.npz`` -- the global weights (a new file per round);
 3. ``checkpoint/state.json`` -- the **manifest**, atomically (write, then rename): the
@@ -16,7 +16,7 @@ manifest that describes files which all exist: the one of the round before. Resu
 against their digest, each table's first ``bytes`` against theirs (rows appended
 after the manifest, even a partial line, are cut off by :meth:`FleetReport.load`),
 each device's state file of its round (it must be there and decode) -- and
-refuses with :class:`~fededge.errors.ConfigError` (exit 2), naming the file and
+refuses with :class:`~fededge.config.errors.ConfigError` (exit 2), naming the file and
 the fix, instead of a traceback or a silent restart.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,12 +31,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from clients import state as device_state
-from clients.transport import array_numpy
-from fededge.errors import ConfigError, ConfigIssue
-from fededge.report import FleetReport
-from fededge.scenario import Scenario
-from fededge.tables import atomic_write_text, prefix_sha256
+from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.config.scenario import Scenario
+from fededge.files import atomic_write, atomic_write_text
+from fededge.reports.fleet_report import FleetReport
+from fededge.reports.tables import prefix_sha256
+from fededge.wire import array_numpy, decode
 
 FOLDER = "checkpoint"
 MANIFEST = "state.json"
@@ -93,10 +92,8 @@ def save_checkpoint(
     folder = out_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     name = f"global-r{server_round}.npz"
-    tmp = folder / f".{name}.tmp{os.getpid()}"
-    with tmp.open("wb") as fh:
-        np.savez(fh, allow_pickle=False, **{k: array_numpy(v) for k, v in arrays.items()})
-    os.replace(tmp, folder / name)
+    weights = {k: array_numpy(v) for k, v in arrays.items()}
+    atomic_write(folder / name, lambda fh: np.savez(fh, allow_pickle=False, **weights))
     if state_dir:  # this round's trained devices saved state: the newest round of each
         for row in reversed(report.devices):
             if row["round"] != server_round:
@@ -183,7 +180,7 @@ def verify_checkpoint(out_dir: Path, digest: str) -> dict[str, Any]:
         for device, last in sorted(states["rounds"].items(), key=lambda kv: int(kv[0])):
             path = folder / f"device-{device}" / f"r{last}.pt"
             try:
-                device_state.decode(path.read_bytes())
+                decode(path.read_bytes())
             except FileNotFoundError:
                 issues.append(_refuse(path, f"is missing (device {device}'s state)", out_dir))
             except Exception as exc:  # any decoding error: the file is not a state

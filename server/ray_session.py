@@ -1,11 +1,9 @@
-"""One Ray session for several simulations (the variants of a budget sweep).
+"""The server's Ray session: shut down once at the end, and what a killed run left behind.
 
-Flower's Ray backend starts Ray only when it is not running, but shuts it down
-when a simulation ends (``RayBackend.terminate``). :func:`keep_ray_session`
-makes that step stop the simulation's actors only, so the next simulation
-reuses the running Ray session instead of starting a new one; the caller shuts
-Ray down at the end (:func:`shutdown_ray`). Every simulation in one session
-uses the first one's ``ray.init`` settings (CPUs, temp dir, cluster address).
+Several simulations can share one Ray session (the variants of a budget sweep,
+:func:`server.flower_compat.keep_ray_session`); the caller shuts Ray down at the
+end (:func:`shutdown_ray`). Every simulation in one session uses the first one's
+``ray.init`` settings (CPUs, temp dir, cluster address).
 """
 
 from __future__ import annotations
@@ -13,35 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def keep_ray_session() -> Iterator[None]:
-    """While active, a finished Flower simulation stops its actors but leaves Ray running."""
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-
-    original = RayBackend.terminate
-
-    def terminate_actors_only(self: Any) -> None:
-        import ray
-
-        # ray.kill frees the actors' CPUs at once (and quietly) for the next simulation;
-        # Flower's own path (actor.terminate.remote()) logs a warning per actor.
-        for actor in getattr(self.pool, "pool", None) or ():
-            ray.kill(actor, no_restart=True)
-        log.debug("simulation finished; Ray session kept for the next one")
-
-    RayBackend.terminate = terminate_actors_only  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        RayBackend.terminate = original  # type: ignore[method-assign]
 
 
 def shutdown_ray() -> None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from clients.transport import array_numpy
-from fededge.ledger import MAC_FIELDS, Ledger
-from fededge.scenario import Scenario
+from fededge.config.scenario import Scenario
+from fededge.cost.ledger import MAC_FIELDS, Ledger
+from fededge.wire import NON_FINITE, array_numpy
 
 #: Metric keys every train reply must carry (the ledger minus the optional budget).
 REQUIRED_METRICS = (
@@ -28,6 +28,14 @@ REQUIRED_METRICS = (
     "device-id",
     "dropped",
 )
+
+
+def _allowed(key: str, value: float) -> bool:
+    """Whether a non-finite metric has a meaning (:data:`fededge.wire.NON_FINITE`)."""
+    meant = NON_FINITE.get(key)
+    if meant is None:
+        return False
+    return math.isnan(value) if math.isnan(meant[0]) else value == meant[0]
 
 
 @dataclass
@@ -112,7 +120,7 @@ class ReplyChecker:
             )
             checked.problem = f"ledger keys missing: {', '.join(missing[:5])}{hint}"
             return checked
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        bad = [k for k, v in metrics.items() if not (math.isfinite(v) or _allowed(k, v))]
         if bad:
             checked.problem = f"non-finite metrics: {', '.join(bad[:5])}"
             return checked

@@ -36,9 +36,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.transport import array_numpy
-from fededge.report import FleetReport, device_row
-from fededge.scenario import Scenario
+from fededge.config.scenario import Scenario
+from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.wire import array_numpy
 from server.aggregation import aggregate, all_finite, update_norm
 from server.replies import Checked, ReplyChecker, device_id, device_names
 
@@ -54,6 +54,11 @@ PULL_SCANS_PER_S = 2000
 #: Seconds without a new node after which a simulation's federation is complete.
 SETTLED_S = 5.0
 
+
+
+def messages_to(nodes: Iterable[int], record: RecordDict, message_type: str) -> list[Message]:
+    """One message per node, all carrying ``record`` (Flower's public ``Message``)."""
+    return [Message(record, dst_node_id=node, message_type=message_type) for node in nodes]
 
 class FleetIncomplete(RuntimeError):
     """Fewer devices connected than the scenario's fleet, where all must be there."""
@@ -82,7 +87,6 @@ class FleetStrategy(FedAvg):
     evaluate_fn : ``(round, arrays) -> (accuracy, loss)`` central evaluation.
     expected : ``{name: shape}`` of the main net's transported weights.
     on_round : called with each :class:`RoundOutcome` (progress, checkpoints).
-    state_dir : where simulated devices also keep their state ("" for none).
     train_size : instances in the training split (bounds what a device can report).
     """
 
@@ -94,7 +98,6 @@ class FleetStrategy(FedAvg):
         evaluate_fn: Callable[[int, ArrayRecord], tuple[float, float]],
         expected: dict[str, tuple[int, ...]],
         on_round: Callable[[RoundOutcome], None] | None = None,
-        state_dir: str = "",
         stop: threading.Event | None = None,
         train_size: int | None = None,
     ) -> None:
@@ -111,7 +114,6 @@ class FleetStrategy(FedAvg):
         self.evaluate_global = evaluate_fn
         self.expected = expected
         self.on_round = on_round
-        self.state_dir = state_dir
         self.stop = stop or threading.Event()
         self.checker = ReplyChecker(scenario, expected, train_size)
         # device -> (tier, profile, kind) as the device reported them (real devices differ)
@@ -162,7 +164,7 @@ class FleetStrategy(FedAvg):
         config["momentum"] = train.momentum
         config["weight-decay"] = train.weight_decay
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        return messages_to(nodes, record, MessageType.TRAIN)
 
     # ----------------------------------------------------------- aggregation
     def aggregate_train(
@@ -374,7 +376,7 @@ class FleetStrategy(FedAvg):
         """
         nodes = self.wait_for_nodes(grid, timeout_s)
         record = RecordDict({self.configrecord_key: ConfigRecord(dict(config))})
-        messages = self._construct_messages(record, nodes, MessageType.QUERY)
+        messages = messages_to(nodes, record, MessageType.QUERY)
         replies = self.exchange(grid, messages, timeout_s)
         known = 0
         for msg in replies:

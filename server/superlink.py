@@ -21,7 +21,7 @@ the SuperExec itself, with a shared secret (``--superexec-auth-secret-file``),
 so a process that reaches the Runtime API still cannot claim the ServerApp's
 task without the secret file (mode 0600, the operator's).
 
-Flower's own argument parsing (:mod:`flwr.superlink.cli.flower_superlink`)
+Flower's own argument parsing (:func:`server.flower_compat.superlink_app`)
 builds the configuration, so every ``flower-superlink`` option keeps its meaning.
 """
 
@@ -32,7 +32,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import FrameType
 from typing import Any
@@ -118,19 +117,12 @@ def serve(
     int
         0 after Ctrl-C or SIGTERM.
     """
-    import importlib
-
     import uvicorn
-    from flwr.superlink.main import create_app
 
-    # the module, not the function of the same name that flwr.superlink.cli exports
-    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    from server.flower_compat import superlink_app
 
-    sys.argv = ["flower-superlink", *flower_args]  # Flower's parser reads sys.argv
-    config = cli._parse_superlink_lifespan_config()
-    app = create_app(config, cli.SuperLinkLifespan)
+    app, config, logging_config = superlink_app(flower_args)
     tls: dict[str, Any] = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
-    logging_config = cli.get_uvicorn_log_config(cli.console_handler.level)
     operator = uvicorn.Server(
         uvicorn.Config(app, host=config.host, port=config.port, log_config=logging_config, **tls)
     )

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from fededge.auto_ratio import MARGIN, RatioCosts, choose_ratio
-from fededge.error_map import EMPConfig, ErrorMapPruner
-from fededge.errors import ConfigError
-from fededge.flops import model_cost
-from fededge.instance_filter import EIFConfig
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import parse_scenario
+from fededge.cost.flops import model_cost
+from fededge.method.auto_ratio import MARGIN, RatioCosts, choose_ratio
+from fededge.method.error_map import EMPConfig, ErrorMapPruner
+from fededge.method.instance_filter import EIFConfig
+from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model
-from fededge.scenario import parse_scenario
-from fededge.sweep import Variant, parse_savers, variant_raw
-from fededge.training import LocalTrainer, TrainConfig
+from fededge.reports.sweep import Variant, parse_savers, variant_raw
 
 SHAPE = (1, 28, 28)
 #: only the main step costs: a budget that pays for k steps keeps k / arrivals

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fededge.calibrate import Calibration, CalibrationSettings, calibrate
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import parse_scenario
+from fededge.cost.calibrate import Calibration, CalibrationSettings, calibrate
+from fededge.cost.flops import model_cost
+from fededge.cost.profiles import CATALOG, load_profile_file, save_profile_file
 from fededge.data import dataset_info
-from fededge.devices import CATALOG, load_profile_file, save_profile_file
-from fededge.errors import ConfigError
-from fededge.flops import model_cost
 from fededge.models import build_model
-from fededge.scenario import parse_scenario
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_settings_are_validated_all_at_once() -> None:
 
 
 def test_calibrate_command_writes_the_profile(tmp_path: Path) -> None:
-    from fededge.cli import main
+    from fededge.cli.main import main
 
     out = tmp_path / "profiles" / "me.json"
     args = ["calibrate", "--out", str(out), "--name", "me", "--base", "laptop"]

@@ -11,10 +11,10 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from clients import state as device_state
-from fededge.cli import main
-from fededge.report import FleetReport, device_row
-from fededge.scenario import parse_scenario
-from fededge.tables import typed
+from fededge.cli.main import main
+from fededge.config.scenario import parse_scenario
+from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.tables import typed
 from server.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 
 SCENARIO = """
@@ -184,7 +184,7 @@ def test_a_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(
 
 
 def test_move_aside_keeps_the_old_run_whole(run: tuple[Path, Path]) -> None:
-    from fededge.cli import _check_output_dir
+    from fededge.cli.main import _check_output_dir
 
     out, scenario_file = run
     before = _checksums(out)

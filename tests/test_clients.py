@@ -11,8 +11,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_module
 from clients import state as device_state
+from fededge.config.scenario import parse_scenario
 from fededge.fleet import FleetRuntime, transported_weights
-from fededge.scenario import parse_scenario
 from server.replies import REQUIRED_METRICS
 
 SCENARIO = """
@@ -105,9 +105,9 @@ def test_filter_and_threshold_carry_over_to_the_next_round(
     seen: dict[str, Any] = {}
     original = FleetRuntime.train_round
 
-    def spy(self: FleetRuntime, device: int, w: Any, rnd: int, state: Any) -> Any:
+    def spy(self: FleetRuntime, device: int, w: Any, rnd: int, state: Any, **kw: Any) -> Any:
         seen["state"] = state
-        return original(self, device, w, rnd, state)
+        return original(self, device, w, rnd, state, **kw)
 
     monkeypatch.setattr(FleetRuntime, "train_round", spy)
     client_module.train(_message(scenario, weights, 2), context)

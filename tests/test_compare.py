@@ -15,13 +15,19 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from fededge.cli import main
-from fededge.compare import head_to_head, load_results, render_compare, tier_table, variant_table
-from fededge.errors import ConfigError
-from fededge.pages import ratio_by_tier_and_round, render_run
-from fededge.report import FleetReport, device_row
-from fededge.scenario import Scenario, load_scenario, parse_scenario
-from fededge.sweep import (
+from fededge.cli.main import main
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import Scenario, load_scenario, parse_scenario
+from fededge.reports.compare import (
+    head_to_head,
+    load_results,
+    render_compare,
+    tier_table,
+    variant_table,
+)
+from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.pages import ratio_by_tier_and_round, render_run
+from fededge.reports.sweep import (
     DONE,
     MANIFEST,
     SweepPlan,
@@ -295,7 +301,7 @@ def test_one_seed_findings_say_the_spread_is_unknown_and_few_rounds_warn(
 def test_every_sweep_column_is_documented_and_the_docs_page_is_current(
     base: Scenario, tmp_path: Path
 ) -> None:
-    from fededge.columns import as_markdown, describe
+    from fededge.reports.columns import as_markdown, describe
 
     plan = plan_sweep(base, tmp_path, seeds=(0, 1))
 
@@ -311,7 +317,7 @@ def test_every_sweep_column_is_documented_and_the_docs_page_is_current(
     assert not undocumented, undocumented
     assert (tmp_path / "columns.json").exists()
     docs = (ROOT / "docs" / "columns.md").read_text()
-    assert docs == as_markdown(), "run: python -m fededge.columns > docs/columns.md"
+    assert docs == as_markdown(), "run: python -m fededge.reports.columns > docs/columns.md"
     assert main(["report", "--columns"]) == 0
 
 
@@ -601,7 +607,7 @@ def test_compare_dry_run_prints_plan(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_keep_ray_session_only_swaps_flowers_terminate_while_active() -> None:
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    from server.ray_session import keep_ray_session
+    from server.flower_compat import keep_ray_session
 
     original = RayBackend.terminate
     with keep_ray_session():
@@ -677,6 +683,6 @@ def test_compare_end_to_end(
 
 
 def test_sweep_progress_durations_read_as_time() -> None:
-    from fededge.cli_common import duration_text as _duration
+    from fededge.cli.common import duration_text as _duration
 
     assert [_duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]

@@ -22,19 +22,19 @@ from flwr.common.config import parse_config_args
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_module
-from fededge.deployment import (
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import parse_scenario
+from fededge.cost.ledger import MAC_FIELDS
+from fededge.cost.profiles import DeviceProfile, save_profile_file
+from fededge.deploy.flower_commands import node_config_text, node_config_values, supernode_args
+from fededge.deploy.flower_commands import superlink_command as superlink_cmd
+from fededge.deploy.loopback import LoopbackDeployment
+from fededge.deploy.node_config import (
     device_tier,
     parse_node_config,
     portable_scenario_text,
 )
-from fededge.devices import DeviceProfile, save_profile_file
-from fededge.errors import ConfigError
 from fededge.fleet import FleetRuntime, transported_weights
-from fededge.flower_commands import node_config_text, node_config_values, supernode_args
-from fededge.flower_commands import superlink_command as superlink_cmd
-from fededge.ledger import MAC_FIELDS
-from fededge.loopback import LoopbackDeployment
-from fededge.scenario import parse_scenario
 from server.deployment import RunSettings
 
 SCENARIO = """
@@ -163,13 +163,11 @@ def test_device_outside_the_fleet_or_unknown_tier_is_an_error() -> None:
 def test_device_with_its_own_data_streams_its_whole_training_split() -> None:
     scenario = parse_scenario(SCENARIO)
     runtime = FleetRuntime(scenario)
-    runtime.configure_device(2, local_data=True)
-    own = runtime.stream(2)
+    own = runtime.stream(2, local_data=True)
     shared = runtime.stream(1)
     assert own.length == len(runtime.train_data) == 60_000
     assert shared.length == len(runtime.partitions[1]) == 20_000
-    runtime.configure_device(2)  # back to its partition
-    assert runtime.stream(2).length == 20_000
+    assert runtime.stream(2).length == 20_000  # without its own data: its partition
 
 
 def test_scenario_sent_to_devices_needs_no_profile_file(calibrated: Path) -> None:
@@ -253,26 +251,22 @@ def test_flower_waits_are_shortened_in_this_process_only_when_asked() -> None:
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode import start_client_internal as loop
 
-    from clients.polling import shorten_object_pulls, shorten_supernode_polls
+    from clients.flower_compat import shortened_object_pulls, shortened_supernode_polls
 
     pulls = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     saved = [dict(f.__kwdefaults__ or {}) for f in pulls]
-    try:
-        assert shorten_object_pulls(0.05, 0.5)
+    with shortened_object_pulls(0.05, 0.5):
         for function in pulls:
             assert function.__kwdefaults__ is not None
             assert function.__kwdefaults__["initial_backoff"] == 0.05
             assert function.__kwdefaults__["backoff_cap"] == 0.5
-        assert shorten_supernode_polls(0.01)
-        started = time.perf_counter()
-        loop.time.sleep(3)  # the SuperNode's idle poll, capped
-        assert time.perf_counter() - started < 1.0
-        assert loop.time.monotonic() > 0  # the rest of the time module is untouched
-        assert not shorten_supernode_polls(0.01)  # patched once only
-    finally:
-        for function, defaults in zip(pulls, saved, strict=True):
-            function.__kwdefaults__ = defaults
-        vars(loop)["time"] = time
+        with shortened_supernode_polls(0.01):
+            started = time.perf_counter()
+            loop.time.sleep(3)  # the SuperNode's idle poll, capped
+            assert time.perf_counter() - started < 1.0
+            assert loop.time.monotonic() > 0  # the rest of the time module is untouched
+        assert loop.time is time  # restored when the block ends
+    assert [dict(f.__kwdefaults__ or {}) for f in pulls] == saved
 
 
 # ------------------------------------------------------------------ command lines
@@ -309,8 +303,8 @@ def test_tls_is_the_default_and_insecure_must_be_asked_for(tmp_path: Path) -> No
 def test_insecure_mode_prints_a_warning_and_records_the_connection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fededge.cli_deploy as cli_deploy
-    from fededge.cli import main
+    import fededge.cli.deploy as cli_deploy
+    from fededge.cli.main import main
 
     calls: list[tuple[list[str], dict[str, str]]] = []
 
@@ -508,7 +502,7 @@ def test_devices_address_serves_only_the_fleet_api_routes() -> None:
 
 
 def test_superlink_keeps_control_and_runtime_apis_on_the_loopback(tmp_path: Path) -> None:
-    from fededge.flower_commands import superexec_command, superexec_secret
+    from fededge.deploy.flower_commands import superexec_command, superexec_secret
 
     cmd = superlink_cmd(tmp_path, host="0.0.0.0", port=8000, insecure=True, auth=False)
     at = cmd.index("--host")
@@ -548,7 +542,7 @@ def test_real_device_keeps_its_state_in_its_own_folder(
 def test_installed_fededge_assembles_its_flower_app(tmp_path: Path) -> None:
     from flwr.common.config import validate_config
 
-    from fededge.flower_commands import FLOWER_APP, assemble_app
+    from fededge.deploy.flower_commands import FLOWER_APP, assemble_app
 
     repo = Path(__file__).resolve().parents[1]
     declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]

@@ -1,4 +1,4 @@
-"""The device-state codec (clients/state.py): exact round trips, no code run on decode."""
+"""The device-state codec (fededge/wire.py): exact round trips, no code run on decode."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients import state as device_state
+from fededge import wire as device_state
 
 
 def _same(a: Any, b: Any, path: str = "state") -> None:

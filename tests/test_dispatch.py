@@ -1,4 +1,4 @@
-"""server.dispatch: one scan per sweep hands out the messages Flower's own sweep would."""
+"""One scan per sweep (server.flower_compat) hands out the messages Flower's own sweep would."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from server import dispatch
+from server import flower_compat as dispatch
 
 RUN_ID, TASK_ID = 7, 9
 
@@ -99,9 +99,10 @@ def test_nodes_outside_the_mapping_and_expired_messages_are_left(link: Any) -> N
 def test_install_feeds_the_engine_queue(link: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     state, grid, nodes = link
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
-    dispatch.install()
-    dispatch.install()  # idempotent
-    feeder = vce_api.add_messages_to_queue
+    stock = vce_api.add_messages_to_queue
+    with dispatch.one_scan_dispatch(), dispatch.one_scan_dispatch():  # nested: the same feeder
+        feeder = vce_api.add_messages_to_queue
+    assert vce_api.add_messages_to_queue is stock  # restored when the block ends
     assert getattr(feeder, "fededge", False)
     push(grid, [nodes[1], nodes[1]])
     queue: Queue[Message] = Queue()

@@ -1,4 +1,4 @@
-"""Tests for fededge.error_map: exact gradients, the channel choice, real FLOP savings."""
+"""Tests for fededge.method.error_map: exact gradients, the channel choice, real FLOP savings."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fededge.error_map import (
+from fededge.config.errors import ConfigError, FedEdgeError
+from fededge.method.error_map import (
     EMPConfig,
     EMPConfigError,
     ErrorMapPruner,
@@ -24,7 +25,6 @@ from fededge.error_map import (
     kept_channels,
     num_kept,
 )
-from fededge.errors import ConfigError, FedEdgeError
 
 PLANS = ("autotune", "rule", "aten", "cl", "cl-swap", "nchw-swap")
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
+from fededge.config.scenario import parse_scenario
 from fededge.fleet import FleetRuntime, transported_weights
-from fededge.scenario import parse_scenario
 
 SCENARIO = """
 [run]

@@ -137,7 +137,7 @@ def test_golden_scenario_is_pinned_and_reproducible(tmp_path: Path) -> None:
     assert totals == PINNED
     assert not _ray_processes(tmp_path)
     # the folder explains itself: every column of every table is in the data dictionary
-    from fededge.columns import describe
+    from fededge.reports.columns import describe
 
     tiers = pd.read_csv(first / "tiers.csv")
     undocumented = [

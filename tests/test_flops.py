@@ -1,4 +1,4 @@
-"""Tests for fededge.flops: hand counts per layer, and full training steps checked
+"""Tests for fededge.cost.flops: hand counts per layer, and full training steps checked
 against PyTorch's own ``torch.utils.flop_counter.FlopCounterMode``.
 
 FlopCounterMode reports FLOPs = 2·MACs for aten.convolution, aten.convolution_backward,
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fededge.errors import ModelError
-from fededge.flops import KINDS, LayerCost, ModelCost, model_cost
+from fededge.config.errors import ModelError
+from fededge.cost.flops import KINDS, LayerCost, ModelCost, model_cost
 from fededge.models import ResidualAdd, build_filter, cifar_resnet, lenet5, vgg16
 
 # --------------------------------------------------------------------------- hand counts
@@ -365,3 +365,24 @@ def test_vgg16_forward_matches_flop_counter() -> None:
     flops = counter.get_total_flops()
     by_kind = cost.by_kind()
     assert 2 * (by_kind["conv"].forward_macs + by_kind["linear"].forward_macs) == flops
+
+
+@pytest.mark.parametrize(
+    ("main", "filt", "channels", "size"),
+    [("lenet5", "slim-lenet", 1, 28), ("resnet20", "resnet8", 3, 32), ("vgg16", "resnet8", 3, 32)],
+)
+def test_priced_costs_are_the_real_nets_costs_and_draw_no_random_numbers(
+    main: str, filt: str, channels: int, size: int
+) -> None:
+    from fededge.cost.pricing import net_costs
+    from fededge.models import build_model
+
+    net_costs.cache_clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    priced = net_costs(main, filt, channels=channels, image_size=size, num_classes=10)
+    assert torch.equal(torch.get_rng_state(), before)  # the meta nets drew nothing
+    real_main = build_model(main, num_classes=10, in_channels=channels, image_size=size)
+    real_filter = build_filter(filt, in_channels=channels, image_size=size)
+    shape = (channels, size, size)
+    assert priced == (model_cost(real_main, shape), model_cost(real_filter, shape))

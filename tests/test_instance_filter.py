@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fededge.instance_filter import (
+from fededge.method.instance_filter import (
     HIGH,
     LOW,
     EIFConfig,

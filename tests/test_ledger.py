@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fededge.ledger import MAC_FIELDS, Ledger
+from fededge.cost.ledger import MAC_FIELDS, Ledger
 
 
 def _ledger(**kw: float) -> Ledger:

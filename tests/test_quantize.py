@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import fededge.error_map as error_map
-from fededge.error_map import EMPConfig, ErrorMapPruner
-from fededge.errors import ConfigError
+import fededge.method.error_map as error_map
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import parse_scenario
+from fededge.cost.flops import model_cost
+from fededge.cost.ledger import Ledger
 from fededge.fleet import FleetRuntime, quant_config, transported_weights
-from fededge.flops import model_cost
-from fededge.ledger import Ledger
-from fededge.quantize import (
+from fededge.method.error_map import EMPConfig, ErrorMapPruner
+from fededge.method.quantize import (
     ModelQuantizer,
     QuantConfig,
     QuantConfigError,
@@ -24,9 +25,8 @@ from fededge.quantize import (
     quantize_min_max,
     round_stochastic,
 )
-from fededge.range_bn import RangeBatchNorm2d, range_scale
-from fededge.scenario import parse_scenario
-from fededge.training import LocalTrainer, TrainConfig
+from fededge.method.range_bn import RangeBatchNorm2d, range_scale
+from fededge.method.training import LocalTrainer, TrainConfig
 
 
 def _t(*values: float) -> Tensor:
@@ -307,7 +307,7 @@ def _run(emp: EMPConfig | None, quant: QuantConfig | None) -> Ledger:
         trainer.close()
 
 
-# Per instance, by hand (fededge.flops): conv 4·4·2·1·9 = 288 forward, no grad-input (first
+# Per instance, by hand (fededge.cost.flops): conv 4·4·2·1·9 = 288 forward, no grad-input (first
 # layer), 288 grad-weight; BN over 32 elements: 128 forward, 128 grad-input, 64 grad-weight;
 # linear 32·3 = 96 each. Forward 512, grad-input 224, grad-weight 448.
 

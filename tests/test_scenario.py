@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fededge.cli import main
-from fededge.errors import ConfigError
-from fededge.scenario import load_scenario, parse_scenario, scenario_files
+from fededge.cli.main import main
+from fededge.config.errors import ConfigError
+from fededge.config.scenario import load_scenario, parse_scenario, scenario_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ def test_missing_data_fails_fast_before_anything_starts(
 ) -> None:
     import time
 
-    from fededge.cli import main
+    from fededge.cli.main import main
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -241,7 +241,7 @@ def test_missing_data_fails_fast_before_anything_starts(
 def test_user_mistakes_are_one_clear_error_not_a_traceback(
     capsys: pytest.CaptureFixture[str], args: list[str], named: str
 ) -> None:
-    from fededge.cli import main
+    from fededge.cli.main import main
 
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -254,7 +254,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
 
     # a command printing many lines into a reader that leaves after the first one
     program = (
-        "import fededge.cli as c\n"
+        "import fededge.cli.main as c\n"
         "def chatty(args):\n"
         "    for i in range(200000):\n"
         "        print('line', i)\n"
@@ -275,7 +275,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
 def test_every_option_of_every_command_has_help_showing_its_default() -> None:
     import argparse
 
-    from fededge.cli import build_parser
+    from fededge.cli.main import build_parser
 
     def parsers(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, object]]:
         found: list[tuple[str, object]] = [(path, parser)]
@@ -306,7 +306,7 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
 def test_every_help_example_parses_as_the_command_it_is_shown_under() -> None:
     import shlex
 
-    from fededge.cli import EXAMPLES, build_parser
+    from fededge.cli.main import EXAMPLES, build_parser
 
     for words, text in EXAMPLES.items():
         for line in text.splitlines():
@@ -318,7 +318,7 @@ def test_every_help_example_parses_as_the_command_it_is_shown_under() -> None:
 def test_dry_run_prints_the_resolved_fleet_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fededge.cli import main
+    from fededge.cli.main import main
 
     out = tmp_path / "out"
     assert main(["run", "scenarios/quickstart.toml", "--dry-run", "--out", str(out)]) == 0
@@ -330,8 +330,8 @@ def test_dry_run_prints_the_resolved_fleet_and_creates_nothing(
 
 
 def test_verbose_after_the_subcommand_and_compare_takes_the_resource_flags() -> None:
-    from fededge.cli import build_parser
-    from fededge.cli_common import resource_overrides
+    from fededge.cli.common import resource_overrides
+    from fededge.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["run", "x.toml", "-v"]).verbose is True
@@ -350,7 +350,7 @@ def test_a_bad_override_is_blamed_on_its_flag_not_the_file() -> None:
 
 
 def test_round_eta_follows_the_pace_after_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fededge import progress
+    from fededge.reports import progress
 
     now = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
@@ -373,7 +373,7 @@ def test_round_eta_follows_the_pace_after_start_up(monkeypatch: pytest.MonkeyPat
 def test_a_sweep_eta_averages_every_step_as_each_variant_starts_up_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fededge import progress
+    from fededge.reports import progress
 
     now = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
@@ -388,7 +388,7 @@ def test_a_sweep_eta_averages_every_step_as_each_variant_starts_up_again(
 def test_progress_prints_plain_lines_with_an_eta_when_not_a_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fededge.progress import Progress
+    from fededge.reports.progress import Progress
 
     with Progress("rounds", 3) as bar:
         assert not bar.live  # captured output is not a terminal: no bar, no escape codes
@@ -404,7 +404,7 @@ def test_progress_prints_plain_lines_with_an_eta_when_not_a_terminal(
 def test_train_saves_its_ledger_and_curve_and_never_overwrites(tmp_path: Path) -> None:
     import json
 
-    from fededge.cli import main
+    from fededge.cli.main import main
 
     out = tmp_path / "train.json"
     assert main(["train", "--savers", "eif+emp", "--epochs", "0.02", "--out", str(out)]) == 0

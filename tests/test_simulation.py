@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from fededge.cli import build_parser
-from fededge.scenario import Scenario, load_scenario, parse_scenario
-from server.simulation import _graceful_ctrl_c, backend_config
+from fededge.cli.main import build_parser
+from fededge.cli.simulation import _graceful_ctrl_c, backend_config
+from fededge.config.scenario import Scenario, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_a_cluster_address_is_all_ray_init_gets(
 ) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scenario = _scenario("simulation.max_concurrent=4", "simulation.client_cpus=2.0")
-    with caplog.at_level(logging.WARNING, logger="server.simulation"):
+    with caplog.at_level(logging.WARNING, logger="fededge.cli.simulation"):
         config = backend_config(scenario, ray_address="10.0.0.5:6379")
     assert config["init_args"] == {"address": "10.0.0.5:6379"}
     assert config["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.0}
@@ -90,7 +90,7 @@ def test_run_flags_become_simulation_overrides(
         seen["scenario"] = scenario
         raise KeyboardInterrupt  # stop before anything runs
 
-    monkeypatch.setattr("server.simulation.simulate", fake_simulate)
+    monkeypatch.setattr("fededge.cli.simulation.simulate", fake_simulate)
     args = build_parser().parse_args(
         [
             "run",

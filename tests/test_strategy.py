@@ -11,9 +11,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fededge.ledger import Ledger
-from fededge.report import FleetReport
-from fededge.scenario import parse_scenario
+from fededge.config.scenario import parse_scenario
+from fededge.cost.ledger import Ledger
+from fededge.reports.fleet_report import FleetReport
 from server.strategy import FleetStrategy
 
 SCENARIO = """

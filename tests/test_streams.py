@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fededge.streams import DeviceStream, partition
+from fededge.data.streams import DeviceStream, partition
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 instances, 100 per class
 

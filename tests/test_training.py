@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from fededge.error_map import EMPConfig
-from fededge.flops import model_cost
-from fededge.instance_filter import EIFConfig
+from fededge.cost.flops import model_cost
+from fededge.method.error_map import EMPConfig
+from fededge.method.instance_filter import EIFConfig
+from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model
-from fededge.training import LocalTrainer, TrainConfig
 
 SHAPE = (1, 28, 28)
 
@@ -142,7 +142,7 @@ def test_device_state_round_trips_between_trainers() -> None:
 
 
 def test_stream_lr_warms_up_then_steps_down_at_milestones() -> None:
-    from fededge.single import stream_lr
+    from fededge.method.single import stream_lr
 
     kw = dict(total=1000, lr=0.1, milestones=(0.5, 0.75), gamma=0.1)
     assert stream_lr(0, **kw, warmup_instances=100, warmup_lr=0.01) == 0.01  # type: ignore[arg-type]
@@ -154,7 +154,7 @@ def test_stream_lr_warms_up_then_steps_down_at_milestones() -> None:
 
 
 def test_piece_clock_splits_the_whole_loop_wall_time() -> None:
-    from fededge.training import PIECES
+    from fededge.method.training import PIECES
 
     plain = _trainer()
     plain_ledger = plain.run(torch.arange(256)).ledger
@@ -173,8 +173,8 @@ def test_piece_clock_splits_the_whole_loop_wall_time() -> None:
 
 
 def test_breakdown_adds_up_to_the_ledger() -> None:
-    from fededge.single import SingleResult
-    from fededge.training import PIECES
+    from fededge.method.single import SingleResult
+    from fededge.method.training import PIECES
 
     trainer = _trainer("eif+emp")
     ledger = trainer.run(torch.arange(512), flush=True).ledger

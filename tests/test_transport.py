@@ -1,4 +1,4 @@
-"""clients.transport: reading Flower Arrays without np.load gives what np.load gives."""
+"""fededge.wire: reading Flower Arrays without np.load gives what np.load gives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from clients.transport import array_numpy, record_tensors
+from fededge.wire import array_numpy, record_tensors
 
 
 def npy_array(value: np.ndarray) -> Array:
@@ -73,3 +73,28 @@ def test_record_tensors_are_writable_copies() -> None:
         assert torch.equal(tensor, weights[name])
         tensor.add_(1)  # writable, and not the message's bytes
     assert torch.equal(record_tensors(record)["a"], weights["a"])
+
+
+def test_the_ledger_round_trips_exactly_through_reply_metrics() -> None:
+    import math
+
+    from flwr.app import MetricRecord
+    from flwr.common.serde import metric_record_from_proto, metric_record_to_proto
+
+    from fededge.cost.ledger import Ledger
+    from fededge.wire import ledger_metrics, metrics_ledger
+
+    ledgers = [
+        Ledger(arrived=64, streamed=64, trained=13, steps=1, main_forward_macs=10**12 + 1),
+        Ledger(budget_macs=math.inf, loss_sum=math.nan, wall_s=0.1 + 0.2),
+        Ledger(budget_macs=2.5e9, precision_saved_macs=1 / 3, loss_sum=-math.inf),
+    ]
+    for ledger in ledgers:
+        # through Flower's own (protobuf) serialisation, as a reply travels
+        sent = metric_record_to_proto(MetricRecord(ledger_metrics(ledger))).SerializeToString()
+        proto = type(metric_record_to_proto(MetricRecord({})))()
+        proto.ParseFromString(sent)
+        back = metrics_ledger(dict(metric_record_from_proto(proto)))
+        assert repr(back) == repr(ledger)  # NaN included (NaN != NaN: compare the reprs)
+    no_budget = {k: 0.0 for k in Ledger.field_names() if k != "budget_macs"}
+    assert metrics_ledger(no_budget).budget_macs == math.inf  # absent: no budget

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from fededge.instance_filter import EIFConfig, _rank_probability
-from fededge.ledger import Ledger
+from fededge.cost.ledger import Ledger
+from fededge.method.instance_filter import EIFConfig, _rank_probability
+from fededge.method.single import class_skew
+from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model
-from fededge.single import class_skew
-from fededge.training import LocalTrainer, TrainConfig
 
 SHAPE = (1, 28, 28)
 
@@ -157,8 +157,8 @@ def test_class_skew_total_variation_and_ratios() -> None:
 
 
 def test_scenario_reports_inconsistent_eif_rules_with_the_field() -> None:
-    from fededge.errors import ConfigError
-    from fededge.scenario import parse_scenario
+    from fededge.config.errors import ConfigError
+    from fededge.config.scenario import parse_scenario
 
     text = """
 [savers.eif]

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from fededge.files import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
@@ -82,19 +83,6 @@ def cache_key(parts: Iterable[str]) -> str:
         digest.update(b"\n")
         digest.update(part.encode())
     return digest.hexdigest()[:20]
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(binary_file)`` on a temporary file, then move it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -167,10 +155,10 @@ class CacheEntry:
         """Write the entry atomically; log and return ``False`` if the folder is unwritable."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.images_path, lambda fh: np.save(fh, images))
-            _atomic_write(self.labels_path, lambda fh: np.save(fh, labels))
+            atomic_write(self.images_path, lambda fh: np.save(fh, images))
+            atomic_write(self.labels_path, lambda fh: np.save(fh, labels))
             text = json.dumps({**meta, "digest": arrays_digest(images, labels)}, indent=1).encode()
-            _atomic_write(self.meta_path, lambda fh: fh.write(text))
+            atomic_write(self.meta_path, lambda fh: fh.write(text))
         except OSError as exc:
             logger.warning("could not cache %s in %s: %s", self.stem, self.directory, exc)
             return False

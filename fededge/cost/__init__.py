@@ -1,0 +1,1 @@
+"""What training costs: exact MAC counts, the ledger, device profiles and their calibration."""

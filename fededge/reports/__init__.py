@@ -1,0 +1,1 @@
+"""What a run leaves behind: tables, plots, pages, budget sweeps and their comparison, progress."""
