@@ -203,7 +203,7 @@ def _sum_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
 def plain_server_app(scenario: Any, rounds_out: list[dict[str, float]]) -> Any:
     """A stock-FedAvg ServerApp over the plain ClientApp; fills ``rounds_out``."""
     from fededge.data import load_dataset
-    from fededge.method.training import evaluate
+    from fededge.method.evaluation import evaluate
     from fededge.models import build_model
 
     app = ServerApp()

@@ -14,7 +14,7 @@ one training loop:
   process, same threads),
 * where that time and the MACs went, piece by piece (filter inference, sampled
   forwards, main forward, main backward with EMP's selection, optimizer, filter
-  training, data fetching, bookkeeping: ``fededge.method.training.PIECES``), a second table,
+  training, data fetching, bookkeeping: ``fededge.method.pieces.PIECES``), a second table,
 
 * the instruments that say why: main-net optimizer steps, mean loss of the kept
   and of the dropped instances (from the random exploration sample), the

@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fededge.config.scenario import SaversSection, Scenario, Tier, data_dir_of
+from fededge.config.scenario import Scenario, Tier, data_dir_of
+from fededge.config.schema import SaversSection
 from fededge.cost.ledger import Ledger
 from fededge.cost.pricing import net_costs
 from fededge.data import ImageDataset, dataset_info, load_dataset
 from fededge.data.streams import DeviceStream, partition
 from fededge.method.error_map import EMPConfig, KernelPlans
+from fededge.method.evaluation import evaluate
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.quantize import QuantConfig
-from fededge.method.training import LocalTrainer, TrainConfig, evaluate
+from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model
 
 

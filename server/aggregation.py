@@ -14,7 +14,7 @@ import math
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fededge.config.scenario import ServerSection
+from fededge.config.schema import ServerSection
 from fededge.wire import array_numpy
 
 #: ``(device, weights, weight in the average)`` of one good reply.

@@ -184,7 +184,7 @@ def test_a_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(
 
 
 def test_move_aside_keeps_the_old_run_whole(run: tuple[Path, Path]) -> None:
-    from fededge.cli.main import _check_output_dir
+    from fededge.cli.run import _check_output_dir
 
     out, scenario_file = run
     before = _checksums(out)

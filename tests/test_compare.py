@@ -15,25 +15,23 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from fededge.cli.compare import parse_levels, parse_savers, parse_seeds
 from fededge.cli.main import main
 from fededge.config.errors import ConfigError
 from fededge.config.scenario import Scenario, load_scenario, parse_scenario
 from fededge.reports.compare import (
     head_to_head,
     load_results,
-    render_compare,
     tier_table,
     variant_table,
 )
+from fededge.reports.compare_page import render_compare
 from fededge.reports.fleet_report import FleetReport, device_row
 from fededge.reports.pages import ratio_by_tier_and_round, render_run
 from fededge.reports.sweep import (
     DONE,
     MANIFEST,
     SweepPlan,
-    parse_levels,
-    parse_savers,
-    parse_seeds,
     plan_sweep,
     read_manifest,
     run_sweep,

@@ -255,11 +255,12 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     # a command printing many lines into a reader that leaves after the first one
     program = (
         "import fededge.cli.main as c\n"
+        "import fededge.cli.train as t\n"
         "def chatty(args):\n"
         "    for i in range(200000):\n"
         "        print('line', i)\n"
         "    return 0\n"
-        "c.cmd_train = chatty\n"
+        "t.cmd_train = chatty\n"
         "raise SystemExit(c.main(['train']))\n"
     )
     cmd = [sys.executable, "-c", program]

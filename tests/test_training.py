@@ -154,7 +154,7 @@ def test_stream_lr_warms_up_then_steps_down_at_milestones() -> None:
 
 
 def test_piece_clock_splits_the_whole_loop_wall_time() -> None:
-    from fededge.method.training import PIECES
+    from fededge.method.pieces import PIECES
 
     plain = _trainer()
     plain_ledger = plain.run(torch.arange(256)).ledger
@@ -173,8 +173,8 @@ def test_piece_clock_splits_the_whole_loop_wall_time() -> None:
 
 
 def test_breakdown_adds_up_to_the_ledger() -> None:
+    from fededge.method.pieces import PIECES
     from fededge.method.single import SingleResult
-    from fededge.method.training import PIECES
 
     trainer = _trainer("eif+emp")
     ledger = trainer.run(torch.arange(512), flush=True).ledger

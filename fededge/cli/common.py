@@ -6,6 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+#: Exit status of a user mistake (a :class:`~fededge.config.errors.FedEdgeError`).
+EXIT_USAGE = 2
+#: Exit status after Ctrl-C (or SIGTERM).
+EXIT_INTERRUPTED = 130
+#: The run finished but produced nothing usable (no device trained).
+EXIT_FAILED = 1
+
 
 def add_resource_flags(p: Any) -> None:
     """``--client-cpus``, ``--max-concurrent``, ``--threads-per-client``: the

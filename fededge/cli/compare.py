@@ -8,6 +8,7 @@ folder, from what it saved, without running anything.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from fededge import __version__
 from fededge.cli.common import add_resource_flags, duration_text, resource_overrides
 from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.config.schema import SAVER_SETTINGS
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -81,14 +83,8 @@ def add_compare(sub: Any) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     """``fededge compare``: plan, run (skipping finished variants) and render a sweep."""
     from fededge.config.scenario import load_scenario
-    from fededge.reports.compare import render_compare
-    from fededge.reports.sweep import (
-        parse_levels,
-        parse_savers,
-        parse_seeds,
-        plan_sweep,
-        variant_state,
-    )
+    from fededge.reports.compare_page import render_compare
+    from fededge.reports.sweep import plan_sweep, variant_state
 
     scenario = load_scenario(args.scenario, resource_overrides(args))
     budgets = parse_levels(args.budgets) if args.budgets else None
@@ -178,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(comparison: Any) -> None:
-    from fededge.reports.compare import H2H_COLUMNS, VARIANT_COLUMNS
+    from fededge.reports.compare_page import H2H_COLUMNS, VARIANT_COLUMNS
     from fededge.reports.pages import formatted_markdown
 
     print()
@@ -216,7 +212,7 @@ def add_report(sub: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``fededge report``: re-render a sweep or run folder."""
-    from fededge.reports.compare import render_compare
+    from fededge.reports.compare_page import render_compare
     from fededge.reports.pages import render_run
     from fededge.reports.sweep import MANIFEST
 
@@ -257,3 +253,74 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
         ]
     )
+
+
+# ------------------------------------------------------------------ the flags' lists
+def parse_levels(text: str, *, where: str = "--budgets") -> tuple[float, ...]:
+    """``"0.25,0.5,1,2"`` -> ``(0.25, 0.5, 1.0, 2.0)``.
+
+    Raises
+    ------
+    ConfigError
+        When an entry is not a finite number > 0 or the list is empty.
+    """
+    levels: list[float] = []
+    issues = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            issues.append(ConfigIssue(where, f"budget levels must be numbers > 0, got {part!r}"))
+        else:
+            levels.append(value)
+    if not levels and not issues:
+        issues.append(ConfigIssue(where, "expected at least one budget level, e.g. 0.5,1,2"))
+    if issues:
+        raise ConfigError(issues)
+    return tuple(levels)
+
+
+def parse_savers(text: str, *, where: str = "--savers") -> tuple[str, ...]:
+    """``"none,eif+emp"`` -> ``("none", "eif+emp")`` (``emp+eif`` is read as ``eif+emp``).
+
+    Raises
+    ------
+    ConfigError
+        When an entry is not one of ``none``, ``eif``, ``emp``, ``eif+emp``,
+        ``eif:auto``, ``eif+emp:auto``.
+    """
+    settings: list[str] = []
+    issues = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        normal = part.replace("emp+eif", "eif+emp")
+        if normal not in SAVER_SETTINGS:
+            issues.append(
+                ConfigIssue(where, f"expected one of {', '.join(SAVER_SETTINGS)}, got {part!r}")
+            )
+        else:
+            settings.append(normal)
+    if issues:
+        raise ConfigError(issues)
+    return tuple(settings)
+
+
+def parse_seeds(text: str, *, where: str = "--seeds") -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``.
+
+    Raises
+    ------
+    ConfigError
+        When an entry is not an integer >= 0.
+    """
+    seeds: list[int] = []
+    issues = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit():
+            seeds.append(int(part))
+        else:
+            issues.append(ConfigIssue(where, f"expected integers >= 0, e.g. 0,1,2, got {part!r}"))
+    if issues:
+        raise ConfigError(issues)
+    return tuple(seeds)

@@ -17,9 +17,11 @@ import torch
 from fededge.cost.ledger import Ledger
 from fededge.data import load_dataset
 from fededge.method.error_map import EMPConfig
+from fededge.method.evaluation import evaluate
 from fededge.method.instance_filter import EIFConfig
+from fededge.method.pieces import PIECES
 from fededge.method.quantize import QuantConfig
-from fededge.method.training import PIECES, LocalTrainer, TrainConfig, evaluate
+from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model, default_filter
 
 
@@ -35,7 +37,7 @@ class SingleResult:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (instances streamed, accuracy)
     #: per evaluation point, what happened since the previous one (see :func:`instruments`)
     trace: list[dict[str, float]] = field(default_factory=list)
-    #: the training loop's wall seconds by piece (:data:`fededge.method.training.PIECES`)
+    #: the training loop's wall seconds by piece (:data:`fededge.method.pieces.PIECES`)
     pieces_s: dict[str, float] = field(default_factory=dict)
 
     def breakdown(self) -> list[tuple[str, float, int]]:

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -37,8 +36,14 @@ from torch import Tensor, nn
 from fededge.cost.flops import ModelCost, model_cost
 from fededge.cost.ledger import Ledger
 from fededge.method.auto_ratio import RatioChoice, RatioCosts, choose_ratio
+from fededge.method.batchnorm import (
+    batchnorm_modules,
+    frozen_batchnorm_stats,
+    running_batchnorm_stats,
+)
 from fededge.method.error_map import EMPConfig, ErrorMapPruner, KernelPlans, Kernels
 from fededge.method.instance_filter import EIFConfig, FilterDecision, InstanceFilter
+from fededge.method.pieces import PieceClock
 from fededge.method.quantize import LowBitMacs, ModelQuantizer, QuantConfig
 
 
@@ -82,52 +87,6 @@ class TrainConfig:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
 
-PIECES: tuple[str, ...] = (
-    "fetch",
-    "filter_decide",
-    "sampled_forward",
-    "main_forward",
-    "main_backward",
-    "optimizer",
-    "filter_train",
-    "bookkeeping",
-)
-"""The loop's pieces whose wall time :class:`PieceClock` keeps apart.
-
-``fetch``: gather and augment a batch; ``filter_decide``: the filter's
-inference and keep/sample decision; ``sampled_forward``: the main net's
-forward-only pass on the uncertainty-sampled instances and the filter's labels
-from it; ``main_forward``: the main net's forward and loss on the trained
-instances; ``main_backward``: ``zero_grad`` and ``loss.backward()`` (EMP's
-scoring, selection and pruned products included); ``optimizer``: the SGD step;
-``filter_train``: the filter's training step; ``bookkeeping``: the rest (budget
-checks, the ledger, the queue, the filter's labels from the trained losses).
-"""
-
-
-class PieceClock:
-    """Wall seconds of the training loop, piece by piece (:data:`PIECES`).
-
-    Each :meth:`lap` charges the time since the previous lap (or :meth:`mark`) to
-    one piece, so the pieces add up to the loop's whole wall time: nothing goes
-    uncounted. One ``perf_counter`` call per piece of work (~0.1 µs).
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = dict.fromkeys(PIECES, 0.0)
-        self._mark = time.perf_counter()
-
-    def mark(self) -> None:
-        """Start timing from now (what came before is charged to nothing)."""
-        self._mark = time.perf_counter()
-
-    def lap(self, piece: str) -> None:
-        """Charge the time since the previous lap or mark to ``piece``."""
-        now = time.perf_counter()
-        self.seconds[piece] += now - self._mark
-        self._mark = now
-
-
 @dataclass(frozen=True)
 class TrainResult:
     """A run's ledger and the arrivals it left unprocessed (budget ran out)."""
@@ -143,44 +102,6 @@ def _loss_divisor(rule: str, kept: int, streamed: int) -> float:
     if rule == "streamed":
         return float(streamed)
     return math.sqrt(kept * streamed)
-
-
-BatchNorms = tuple[nn.modules.batchnorm._BatchNorm, ...]
-
-
-def batchnorm_modules(model: nn.Module) -> BatchNorms:
-    """The batch-norm modules of ``model`` (empty for a net without batch norm)."""
-    return tuple(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-
-
-@contextmanager
-def running_batchnorm_stats(batchnorms: BatchNorms) -> Iterator[None]:
-    """Run a forward in which these batch norms use (and leave) their running statistics.
-
-    Only the batch-norm modules switch to evaluation mode; the rest of the net
-    keeps its mode.
-    """
-    switched = [module for module in batchnorms if module.training]
-    for module in switched:
-        module.train(False)
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.train(True)
-
-
-@contextmanager
-def frozen_batchnorm_stats(batchnorms: BatchNorms) -> Iterator[None]:
-    """Run a train-mode forward without updating these batch norms' running statistics."""
-    saved = [(module, module.momentum) for module in batchnorms]
-    for module, _ in saved:
-        module.momentum = 0.0
-    try:
-        yield
-    finally:
-        for module, momentum in saved:
-            module.momentum = momentum
 
 
 class LocalTrainer:
@@ -753,31 +674,3 @@ class LocalTrainer:
         self._auto = {k: float(v) for k, v in state.get("auto", {}).items()}
         if self.filter is not None and "filter" in state:
             self.filter.load_state_dict(state["filter"])
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: BatchSource,
-    num_instances: int,
-    *,
-    batch_size: int = 1000,
-    device: torch.device | str = "cpu",
-) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on the first ``num_instances``.
-
-    The model is put in eval mode and restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    correct = 0
-    loss_sum = 0.0
-    for start in range(0, num_instances, batch_size):
-        idx = torch.arange(start, min(start + batch_size, num_instances))
-        x, y = data.batch(idx, None)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
-    return correct / max(num_instances, 1), loss_sum / max(num_instances, 1)

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fededge.config.errors import ConfigError, ConfigIssue
-from fededge.config.scenario import SAVER_SETTINGS, Scenario, build_scenario
+from fededge.config.scenario import Scenario, build_scenario
+from fededge.config.schema import SAVER_SETTINGS
 from fededge.files import atomic_write_text
 from fededge.reports.fleet_report import FleetReport
 
@@ -222,76 +223,6 @@ class SweepPlan:
             seeds=self.seeds,
             seed=self.base.run.seed,
         )
-
-
-def parse_levels(text: str, *, where: str = "--budgets") -> tuple[float, ...]:
-    """``"0.25,0.5,1,2"`` -> ``(0.25, 0.5, 1.0, 2.0)``.
-
-    Raises
-    ------
-    ConfigError
-        When an entry is not a finite number > 0 or the list is empty.
-    """
-    levels: list[float] = []
-    issues = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            issues.append(ConfigIssue(where, f"budget levels must be numbers > 0, got {part!r}"))
-        else:
-            levels.append(value)
-    if not levels and not issues:
-        issues.append(ConfigIssue(where, "expected at least one budget level, e.g. 0.5,1,2"))
-    if issues:
-        raise ConfigError(issues)
-    return tuple(levels)
-
-
-def parse_savers(text: str, *, where: str = "--savers") -> tuple[str, ...]:
-    """``"none,eif+emp"`` -> ``("none", "eif+emp")`` (``emp+eif`` is read as ``eif+emp``).
-
-    Raises
-    ------
-    ConfigError
-        When an entry is not one of ``none``, ``eif``, ``emp``, ``eif+emp``,
-        ``eif:auto``, ``eif+emp:auto``.
-    """
-    settings: list[str] = []
-    issues = []
-    for part in (p.strip().lower() for p in text.split(",")):
-        normal = part.replace("emp+eif", "eif+emp")
-        if normal not in SAVER_SETTINGS:
-            issues.append(
-                ConfigIssue(where, f"expected one of {', '.join(SAVER_SETTINGS)}, got {part!r}")
-            )
-        else:
-            settings.append(normal)
-    if issues:
-        raise ConfigError(issues)
-    return tuple(settings)
-
-
-def parse_seeds(text: str, *, where: str = "--seeds") -> tuple[int, ...]:
-    """``"0,1,2"`` -> ``(0, 1, 2)``.
-
-    Raises
-    ------
-    ConfigError
-        When an entry is not an integer >= 0.
-    """
-    seeds: list[int] = []
-    issues = []
-    for part in (p.strip() for p in text.split(",")):
-        if part.isdigit():
-            seeds.append(int(part))
-        else:
-            issues.append(ConfigIssue(where, f"expected integers >= 0, e.g. 0,1,2, got {part!r}"))
-    if issues:
-        raise ConfigError(issues)
-    return tuple(seeds)
 
 
 def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
