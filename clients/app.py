@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ class _ProcessCache:
     def __init__(self) -> None:
         self.key: tuple[str, tuple[str, ...]] | None = None
         self.runtime: FleetRuntime | None = None
+        self.devices: dict[tuple[Any, ...], tuple[DeviceSetup, Tier]] = {}
 
     def runtime_for(self, text: str, digest: str, overrides: tuple[str, ...] = ()) -> FleetRuntime:
         """The runtime of a scenario (with a real device's overrides, e.g. its data_dir)."""
@@ -50,7 +52,25 @@ class _ProcessCache:
             self.runtime = None  # release the old one before loading the new
             self.runtime = FleetRuntime(scenario)
             self.key = (digest, overrides)
+            self.devices = {}
         return self.runtime
+
+    def device(self, msg: Message, context: Context) -> tuple[FleetRuntime, DeviceSetup, Tier]:
+        """The runtime of the message's scenario, and this node's setup and tier.
+
+        The node config and the tier it implies are resolved once per process and
+        scenario (a worker hosts many simulated devices: one entry each).
+        """
+        config = msg.content.config_records["config"]
+        node = tuple(sorted(context.node_config.items()))
+        setup = self.devices[node][0] if node in self.devices else parse_node_config(
+            context.node_config
+        )
+        text, digest = str(config["scenario"]), str(config["scenario-digest"])
+        runtime = self.runtime_for(text, digest, tuple(setup.scenario_overrides()))
+        if node not in self.devices:
+            self.devices[node] = (setup, device_tier(runtime.scenario, setup))
+        return runtime, *self.devices[node]
 
 
 _CACHE = _ProcessCache()
@@ -64,13 +84,8 @@ def query(msg: Message, context: Context) -> Message:
     the scenario's data and nets into this process, so round 1's timings do not
     include start-up.
     """
-    config = msg.content.config_records["config"]
-    setup = parse_node_config(context.node_config)
-    runtime = _CACHE.runtime_for(
-        str(config["scenario"]), str(config["scenario-digest"]), tuple(setup.scenario_overrides())
-    )
+    runtime, setup, tier = _CACHE.device(msg, context)
     device_id = setup.device_id
-    tier = device_tier(runtime.scenario, setup)
     metrics = MetricRecord(
         {
             "device-id": device_id,
@@ -152,12 +167,8 @@ def train(msg: Message, context: Context) -> Message:
     """Run one round of local training on this device's stream under its budget."""
     started = time.perf_counter()
     config = msg.content.config_records["config"]
-    setup = parse_node_config(context.node_config)
-    runtime = _CACHE.runtime_for(
-        str(config["scenario"]), str(config["scenario-digest"]), tuple(setup.scenario_overrides())
-    )
+    runtime, setup, tier = _CACHE.device(msg, context)
     device_id = setup.device_id
-    tier = device_tier(runtime.scenario, setup)
     # a real device trains on all its cores unless told otherwise
     threads = setup.threads or (
         None if setup.real else runtime.scenario.simulation.threads_per_client

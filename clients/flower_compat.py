@@ -20,7 +20,7 @@ and restored after it:
   fleet pays for on the SuperLink: opt-in.
 
 Importing this module checks the installed Flower: another version than
-:data:`SUPPORTED` fails at once with a message naming both.
+:data:`~fededge.flower_release.SUPPORTED` fails at once with a message naming both.
 """
 
 from __future__ import annotations
@@ -29,23 +29,14 @@ import contextlib
 import inspect
 import time
 from collections.abc import Iterator
-from importlib.metadata import version
 from types import ModuleType
 from typing import Any
 from unittest import mock
 
-#: The Flower release line these internals were written against (pyproject pins it).
-SUPPORTED = "1.42"
+from fededge.flower_release import SUPPORTED, require_flower
 
-#: The installed Flower.
-FLOWER_VERSION = version("flwr")
-
-if FLOWER_VERSION.split(".")[:2] != SUPPORTED.split("."):
-    raise ImportError(
-        f"fededge's devices need Flower {SUPPORTED}.x (they rely on internals that change "
-        f"between releases), but flwr {FLOWER_VERSION} is installed: "
-        f"pip install 'flwr[simulation]>={SUPPORTED},<1.43'"
-    )
+#: The installed Flower (the import fails on another release line than fededge's).
+FLOWER_VERSION = require_flower("devices")
 
 # ruff: noqa: E402 - the imports below come after the version check
 from flwr.common.constant import ErrorCode, SubStatus

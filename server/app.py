@@ -1,7 +1,7 @@
 """The fededge ServerApp: runs a scenario's rounds with :class:`FleetStrategy`.
 
 ``fededge run`` builds the app around an already-loaded scenario
-(:func:`make_server_app`); ``flwr run . <connection>`` (the deployment engine,
+(:class:`BoundServerApp`); ``flwr run . <connection>`` (the deployment engine,
 see ``fededge deploy run``; or Flower's simulation engine, ``flwr run . --stream``)
 uses :data:`app`, which reads the scenario from the run config
 (``[tool.flwr.app.config]``, :class:`server.deployment.RunSettings`) and waits up
@@ -137,25 +137,30 @@ def _earlier_provenance(out_dir: Path) -> dict[str, object] | None:
     return earlier if isinstance(earlier, dict) else None
 
 
-def make_server_app(
-    scenario: Scenario,
-    out_dir: Path,
-    *,
-    resume: bool = False,
-    on_round: Callable[[RoundOutcome], None] | None = None,
-    result: dict[str, FleetReport] | None = None,
-    stop: threading.Event | None = None,
-) -> ServerApp:
-    """A ServerApp bound to a loaded scenario (used by ``fededge run``)."""
-    server_app = ServerApp()
+class BoundServerApp:
+    """A ServerApp bound to a loaded scenario (used by ``fededge run``), and its run's report.
 
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        report = run_server(grid, scenario, out_dir, resume=resume, on_round=on_round, stop=stop)
-        if result is not None:
-            result["report"] = report
+    Flower calls the app's main function and drops what it returns, so the
+    report of the run stays here: :attr:`report` is None until the run ends.
+    """
 
-    return server_app
+    def __init__(
+        self,
+        scenario: Scenario,
+        out_dir: Path,
+        *,
+        resume: bool = False,
+        on_round: Callable[[RoundOutcome], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.app = ServerApp()
+        self.report: FleetReport | None = None
+
+        @self.app.main()
+        def main(grid: Grid, context: Context) -> None:
+            self.report = run_server(
+                grid, scenario, out_dir, resume=resume, on_round=on_round, stop=stop
+            )
 
 
 app = ServerApp()

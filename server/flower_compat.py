@@ -34,7 +34,7 @@ restored after it:
   retries start at 0.05 s, doubling up to 0.5 s.
 
 Importing this module checks the installed Flower: another version than
-:data:`SUPPORTED` fails at once with a message naming both, rather than
+:data:`~fededge.flower_release.SUPPORTED` fails at once with a message naming both, rather than
 misbehaving in the middle of a run.
 """
 
@@ -44,23 +44,14 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib.metadata import version
 from queue import Queue
 from typing import Any
 from unittest import mock
 
-#: The Flower release line these internals were written against (pyproject pins it).
-SUPPORTED = "1.42"
+from fededge.flower_release import SUPPORTED, require_flower
 
-#: The installed Flower.
-FLOWER_VERSION = version("flwr")
-
-if FLOWER_VERSION.split(".")[:2] != SUPPORTED.split("."):
-    raise ImportError(
-        f"fededge's server needs Flower {SUPPORTED}.x (it relies on internals that change "
-        f"between releases), but flwr {FLOWER_VERSION} is installed: "
-        f"pip install 'flwr[simulation]>={SUPPORTED},<1.43'"
-    )
+#: The installed Flower (the import fails on another release line than fededge's).
+FLOWER_VERSION = require_flower("server")
 
 from flwr.app import Message  # noqa: E402 - after the version check
 from flwr.server.superlink.fleet.vce import vce_api  # noqa: E402

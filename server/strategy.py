@@ -68,6 +68,15 @@ class RunStopped(RuntimeError):
     """The run was asked to stop (Ctrl-C) between or during rounds."""
 
 
+@dataclass(frozen=True)
+class Aggregated:
+    """One round's aggregation: the new weights (None: keep the old), the rows, skipped or not."""
+
+    arrays: ArrayRecord | None
+    rows: list[dict[str, Any]]
+    skipped: bool  # fewer good replies than server.min_replies
+
+
 @dataclass
 class RoundOutcome:
     """What one round produced (for the progress line and tests)."""
@@ -123,8 +132,6 @@ class FleetStrategy(FedAvg):
         #: Set (to the fix, for the message) where every device must connect: a simulation
         #: federation's SuperNodes are all there at once, and too few is a setting error.
         self.complete_fleet: str | None = None
-        self._rows: list[dict[str, Any]] = []
-        self._skipped = False
         self._global: dict[str, np.ndarray] | None = None  # the weights sent this round
 
     @property
@@ -170,7 +177,11 @@ class FleetStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, None]:
-        """Check every reply, record it in the report rows, average the good ones.
+        """Flower's aggregation step: the good replies' average (:meth:`aggregate_round`)."""
+        return self.aggregate_round(server_round, replies).arrays, None
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> Aggregated:
+        """Check every reply, make its report row, average the good ones.
 
         Nothing a reply holds can raise out of here: a reply that cannot be
         read is rejected with the reason.
@@ -183,15 +194,7 @@ class FleetStrategy(FedAvg):
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node = msg.metadata.src_node_id
             if msg.has_error():
-                rows.append(
-                    self._row(
-                        server_round,
-                        self.node_to_device.get(node, -1),
-                        "failed",
-                        None,
-                        short_reason(str(msg.error.reason)),
-                    )
-                )
+                rows.append(self._failed(server_round, node, short_reason(str(msg.error.reason))))
                 continue
             try:
                 checked = self.checker.check(msg)
@@ -215,17 +218,15 @@ class FleetStrategy(FedAvg):
             )
             good.append((device, checked.weights, checked.weight))
         good = self._bound_updates(server_round, good, rows)
-        self._rows = rows
-        self._skipped = len(good) < self.scenario.server.min_replies
-        if self._skipped:
+        if len(good) < self.scenario.server.min_replies:
             log.warning(
                 "round %d: %d good replies < min_replies=%d; round skipped, global model kept",
                 server_round,
                 len(good),
                 self.scenario.server.min_replies,
             )
-            return None, None
-        return aggregate(good, self.scenario.server), None
+            return Aggregated(None, rows, skipped=True)
+        return Aggregated(aggregate(good, self.scenario.server), rows, skipped=False)
 
     def _device_of(self, node: int, checked: Checked) -> int:
         """The device a reply is from: the one this node is known as, else the one it claims.
@@ -286,6 +287,10 @@ class FleetStrategy(FedAvg):
             row["reason"] = f"clipped: {what}"
             kept.append((device, clipped, weight))
         return kept
+
+    def _failed(self, server_round: int, node: int, reason: str) -> dict[str, Any]:
+        """The report row of a node whose call failed (an error reply, or none in time)."""
+        return self._row(server_round, self.node_to_device.get(node, -1), "failed", None, reason)
 
     def _row(
         self,
@@ -419,23 +424,12 @@ class FleetStrategy(FedAvg):
                 self.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid)
             )
             replies = list(self.exchange(grid, messages, self.scenario.server.timeout_s))
-            self._rows = []
-            new_arrays, _ = self.aggregate_train(server_round, replies)
-            rows = self._rows
+            result = self.aggregate_round(server_round, replies)
+            new_arrays, rows, skipped = result.arrays, result.rows, result.skipped
             answered = {m.metadata.src_node_id for m in replies}
-            for msg in messages:
-                if msg.metadata.dst_node_id not in answered:
-                    node = msg.metadata.dst_node_id
-                    rows.append(
-                        self._row(
-                            server_round,
-                            self.node_to_device.get(node, -1),
-                            "failed",
-                            None,
-                            "timeout: no reply",
-                        )
-                    )
-            skipped = self._skipped
+            for node in (m.metadata.dst_node_id for m in messages):
+                if node not in answered:
+                    rows.append(self._failed(server_round, node, "timeout: no reply"))
             rolled_back = False
             if new_arrays is not None and not all_finite(new_arrays):
                 # finite replies can still average to Inf after the float32 cast

@@ -95,19 +95,22 @@ def _error(device: int) -> Message:
 
 def test_average_is_weighted_by_instances_trained(tmp_path: Path) -> None:
     strategy = _strategy(tmp_path)
-    arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 1), _reply(1, 3.0, 3)])
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 1), _reply(1, 3.0, 3)])
+    arrays = got.arrays
     assert arrays is not None
     # (1 * 1.0 + 3 * 3.0) / 4 = 2.5
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.5))
-    assert [r["status"] for r in strategy._rows] == ["ok", "ok"]
+    assert [r["status"] for r in got.rows] == ["ok", "ok"]
 
 
 def test_reply_order_does_not_change_the_average(tmp_path: Path) -> None:
     strategy = _strategy(tmp_path)
     replies = [_reply(d, 0.1 * d + 1 / 3, d + 1) for d in range(6)]
-    first, _ = strategy.aggregate_train(1, replies)
+    got = strategy.aggregate_round(1, replies)
+    first = got.arrays
     random.Random(0).shuffle(replies)
-    second, _ = strategy.aggregate_train(1, replies)
+    got = strategy.aggregate_round(1, replies)
+    second = got.arrays
     assert first is not None and second is not None
     assert np.array_equal(first["w"].numpy(), second["w"].numpy())
 
@@ -135,20 +138,22 @@ def test_poisoned_replies_are_rejected_and_never_aggregated(
 ) -> None:
     strategy = _strategy(tmp_path)
     poisoned = _reply(2, 1000.0, 50, **bad)
-    arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 1), _reply(1, 1.0, 1), poisoned])
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 1), _reply(1, 1.0, 1), poisoned])
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.ones((2, 2)))  # the poison is not in it
-    rejected = [r for r in strategy._rows if r["status"] == "rejected"]
+    rejected = [r for r in got.rows if r["status"] == "rejected"]
     assert len(rejected) == 1 and reason in rejected[0]["reason"]
 
 
 def test_failures_and_dropouts_are_counted_and_round_skipped_below_minimum(tmp_path: Path) -> None:
     strategy = _strategy(tmp_path, min_replies=2)
     dropped = _reply(3, 9.0, 0, dropped=1)
-    arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 4), _error(1), dropped])
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 4), _error(1), dropped])
+    arrays = got.arrays
     assert arrays is None  # 1 good reply < min_replies = 2: the global model is kept
-    assert strategy._skipped
-    statuses = sorted(r["status"] for r in strategy._rows)
+    assert got.skipped
+    statuses = sorted(r["status"] for r in got.rows)
     assert statuses == ["dropped", "failed", "ok"]
 
 
@@ -193,8 +198,8 @@ def test_stock_flower_reply_is_rejected_naming_the_missing_keys_unless_foreign_a
     tmp_path: Path,
 ) -> None:
     strategy = _strategy(tmp_path, min_replies=1)
-    strategy.aggregate_train(1, [_reply(0, 1.0, 4), _stock_reply(900, 5.0, 10)])
-    rejected = [r for r in strategy._rows if r["status"] == "rejected"]
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 4), _stock_reply(900, 5.0, 10)])
+    rejected = [r for r in got.rows if r["status"] == "rejected"]
     assert len(rejected) == 1
     assert "ledger keys missing: arrived, streamed" in rejected[0]["reason"]
     assert 'server.foreign_devices = "accept"' in rejected[0]["reason"]
@@ -205,15 +210,16 @@ def test_stock_flower_reply_is_rejected_naming_the_missing_keys_unless_foreign_a
     report = FleetReport(tmp_path / "accept", "t", ["a", "b"], plots=False)
     strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
     # a foreign device claiming 1e308 examples counts for one round's arrivals (64)
-    arrays, _ = strategy.aggregate_train(1, [_reply(0, 1.0, 64), _stock_reply(900, 5.0, 1e308)])
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 64), _stock_reply(900, 5.0, 1e308)])
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 3.0))  # (64*1 + 64*5) / 128
-    foreign = next(r for r in strategy._rows if r["kind"] == "foreign")
+    foreign = next(r for r in got.rows if r["kind"] == "foreign")
     assert foreign["status"] == "ok" and foreign["device"] == 6  # after the fleet's 0..5
     assert foreign["tier"] == "foreign" and foreign["num_examples"] == 64
     assert np.isnan(foreign["spent_macs"]) and np.isnan(foreign["baseline_macs"])
     row = report.add_round(
-        1, strategy._rows, selected=2, accuracy=None, loss=None, skipped=False, wall_s=0.0
+        1, got.rows, selected=2, accuracy=None, loss=None, skipped=False, wall_s=0.0
     )
     assert row["foreign"] == 1 and row["trained"] == 64  # its compute is not counted
     assert row["sampled"] == 2  # devices the round was sent to (not the filter's "selected")
@@ -269,13 +275,14 @@ def test_crafted_replies_never_raise_out_of_aggregation(
         crafted = reply()
     except Exception:  # Flower itself refuses to build it: nothing reaches the server
         pytest.skip("Flower refuses to build this reply")
-    arrays, _ = strategy.aggregate_train(1, [_reply(1, 2.0, 4), crafted])
+    got = strategy.aggregate_round(1, [_reply(1, 2.0, 4), crafted])
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0 if reason else 1.5))
-    statuses = {r["device"]: r["status"] for r in strategy._rows}
+    statuses = {r["device"]: r["status"] for r in got.rows}
     assert statuses[1] == "ok"
     if reason:
-        bad = next(r for r in strategy._rows if r["status"] == "rejected")
+        bad = next(r for r in got.rows if r["status"] == "rejected")
         assert reason in bad["reason"]
 
 
@@ -294,16 +301,16 @@ def test_round_config_carries_what_a_stock_flower_client_reads(tmp_path: Path) -
 
 def test_a_run_in_which_nothing_trained_is_a_failure(tmp_path: Path) -> None:
     strategy = _strategy(tmp_path, min_replies=1)
-    strategy.aggregate_train(1, [_reply(0, 1.0, 0), _error(1)])
+    got = strategy.aggregate_round(1, [_reply(0, 1.0, 0), _error(1)])
     strategy.report.add_round(
-        1, strategy._rows, selected=2, accuracy=0.1, loss=2.3, skipped=False, wall_s=0.0
+        1, got.rows, selected=2, accuracy=0.1, loss=2.3, skipped=False, wall_s=0.0
     )
     failure = strategy.report.failure()
     assert failure is not None and "no device trained a single instance in 1 rounds" in failure
     assert "boom" in failure  # the reasons the devices gave
-    strategy.aggregate_train(2, [_reply(0, 1.0, 4)])
+    got = strategy.aggregate_round(2, [_reply(0, 1.0, 4)])
     strategy.report.add_round(
-        2, strategy._rows, selected=1, accuracy=0.2, loss=2.0, skipped=False, wall_s=0.0
+        2, got.rows, selected=1, accuracy=0.2, loss=2.0, skipped=False, wall_s=0.0
     )
     assert strategy.report.failure() is None
 
@@ -323,10 +330,11 @@ def test_impossible_ledgers_are_rejected(
     tmp_path: Path, changes: dict[str, Any], reason: str
 ) -> None:
     strategy = _strategy(tmp_path, min_replies=1)
-    arrays, _ = strategy.aggregate_train(1, [_reply(1, 2.0, 4), _reply(0, 9.0, 4, **changes)])
+    got = strategy.aggregate_round(1, [_reply(1, 2.0, 4), _reply(0, 9.0, 4, **changes)])
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0))
-    bad = next(r for r in strategy._rows if r["status"] == "rejected")
+    bad = next(r for r in got.rows if r["status"] == "rejected")
     assert reason in bad["reason"]
 
 
@@ -336,14 +344,15 @@ def test_a_node_cannot_speak_for_another_device_or_invent_a_tier(tmp_path: Path)
     # node 101 (device 1) claims to be device 0; node 100 is device 0
     liar = _reply(0, 9.0, 4)
     liar.metadata.__dict__["_src_node_id"] = 101
-    arrays, _ = strategy.aggregate_train(1, [_reply(0, 2.0, 4), liar])
+    got = strategy.aggregate_round(1, [_reply(0, 2.0, 4), liar])
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), 2.0))
-    reasons = [r["reason"] for r in strategy._rows if r["status"] == "rejected"]
+    reasons = [r["reason"] for r in got.rows if r["status"] == "rejected"]
     assert reasons == ["device-id 0, but this node is device 1"]
     fake = _with_device_record(_reply(1, 9.0, 4), {"tier": "vip", "profile": "x", "kind": "real"})
-    strategy.aggregate_train(2, [_reply(0, 2.0, 4), fake])
-    reasons = [r["reason"] for r in strategy._rows if r["status"] == "rejected"]
+    got = strategy.aggregate_round(2, [_reply(0, 2.0, 4), fake])
+    reasons = [r["reason"] for r in got.rows if r["status"] == "rejected"]
     assert reasons == ["unknown tier 'vip'"]
 
 
@@ -371,9 +380,10 @@ def test_an_update_far_longer_than_the_rounds_others_is_clipped_or_rejected(
     strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
     _sent(strategy)
     honest = [_reply(d, 1.0, 4) for d in range(3)]  # updates of length sqrt(6)
-    arrays, _ = strategy.aggregate_train(1, [*honest, _reply(3, 1000.0, 4)])
+    got = strategy.aggregate_round(1, [*honest, _reply(3, 1000.0, 4)])
+    arrays = got.arrays
     assert arrays is not None
-    attacker = next(r for r in strategy._rows if r["device"] == 3)
+    attacker = next(r for r in got.rows if r["device"] == 3)
     if action == "reject":
         assert attacker["status"] == "rejected" and "update norm" in attacker["reason"]
         np.testing.assert_allclose(arrays["w"].numpy(), np.ones((2, 2)))
@@ -393,7 +403,8 @@ def test_robust_aggregation_resists_an_outlier(tmp_path: Path, rule: str, expect
     report = FleetReport(tmp_path, "t", ["a", "b"], plots=False)
     strategy = FleetStrategy(scenario, report, evaluate_fn=lambda r, a: (0.5, 1.0), expected=SHAPES)
     replies = [_reply(d, 1.0, 4) for d in range(3)] + [_reply(3, 1000.0, 4)]
-    arrays, _ = strategy.aggregate_train(1, replies)
+    got = strategy.aggregate_round(1, replies)
+    arrays = got.arrays
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), expected), rtol=1e-6)
 

@@ -14,6 +14,13 @@ EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
 
 
+def add_set_flag(p: Any, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): scenario overrides, collected in ``args.overrides``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_resource_flags(p: Any) -> None:
     """``--client-cpus``, ``--max-concurrent``, ``--threads-per-client``: the
     ``[simulation]`` resources, as flags."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fededge import __version__
-from fededge.cli.common import add_resource_flags, duration_text, resource_overrides
+from fededge.cli.common import add_resource_flags, add_set_flag, duration_text, resource_overrides
 from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.schema import SAVER_SETTINGS
 
@@ -65,14 +65,7 @@ def add_compare(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/NAME-compare)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario field for every variant, e.g. --set run.rounds=5",
-    )
+    add_set_flag(p, "override a scenario field for every variant, e.g. --set run.rounds=5")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
     add_resource_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")

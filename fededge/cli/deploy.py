@@ -41,6 +41,7 @@ from typing import Any
 
 import tomli_w
 
+from fededge.cli.common import add_set_flag
 from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.deploy.flower_commands import (
     CONNECTION,
@@ -202,14 +203,7 @@ def add_deploy(sub: Any) -> None:
     u = deploy.add_parser("run", help="run a scenario on the deployment (`flwr run`)")
     _dir_option(u)
     u.add_argument("scenario", help="scenario TOML file")
-    u.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario field (repeatable)",
-    )
+    add_set_flag(u, "override a scenario field (repeatable)")
     u.add_argument("--out", type=Path, default=None, help="report folder (on the SuperLink)")
     u.add_argument(
         "--wait",

@@ -12,6 +12,7 @@ from fededge.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     add_resource_flags,
+    add_set_flag,
     resource_overrides,
 )
 from fededge.config.errors import ConfigError, ConfigIssue
@@ -24,14 +25,7 @@ def add_run(sub: Any) -> None:
         description="Run a scenario file on Flower's simulation engine and write its fleet report.",
     )
     p.add_argument("scenario", help="scenario TOML file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario field, e.g. --set run.rounds=5 (repeatable)",
-    )
+    add_set_flag(p, "override a scenario field, e.g. --set run.rounds=5 (repeatable)")
     p.add_argument(
         "--out",
         type=Path,

@@ -114,14 +114,11 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
-    from server.app import make_server_app
+    from server.app import BoundServerApp
     from server.flower_compat import keep_ray_session, one_scan_dispatch
 
-    result: dict[str, FleetReport] = {}
     stop = threading.Event()
-    server_app = make_server_app(
-        scenario, out_dir, resume=resume, on_round=on_round, result=result, stop=stop
-    )
+    server = BoundServerApp(scenario, out_dir, resume=resume, on_round=on_round, stop=stop)
     config = backend_config(scenario, ray_address=ray_address)
     session = keep_ray_session() if keep_ray else contextlib.nullcontext()
     try:
@@ -136,7 +133,7 @@ def simulate(
             take_signals_back()  # Ray's core worker installs its own SIGTERM handler
             try:
                 run_simulation(
-                    server_app=server_app,
+                    server_app=server.app,
                     client_app=client_app,
                     num_supernodes=scenario.num_devices,
                     backend_config=config,  # type: ignore[arg-type]
@@ -144,7 +141,7 @@ def simulate(
             except RunStopped:
                 if not stop.is_set():  # only a Ctrl-C sets it while the run is on
                     raise
-        if stop.is_set() and "report" not in result:
+        if stop.is_set() and server.report is None:
             raise KeyboardInterrupt  # stopped cleanly before the last round
     except KeyboardInterrupt:
         _silence_flower()
@@ -153,9 +150,9 @@ def simulate(
         stop.set()
         if not keep_ray and ray.is_initialized():
             ray.shutdown()
-    if "report" not in result:
+    if server.report is None:
         raise RuntimeError("the simulation ended without a report (see the log above)")
-    return result["report"]
+    return server.report
 
 
 def _start_ray(config: dict[str, Any]) -> None:

@@ -208,10 +208,8 @@ def build_filter(name: str, *, in_channels: int, image_size: int) -> nn.Module:
     ----------
     name : str
         ``"slim-lenet"`` (28x28) or ``"resnet8"`` (32x32).
-    in_channels : int
-        Channels of the input images.
-    image_size : int
-        Height (= width) of the input images.
+    in_channels, image_size : int
+        The input images' channels and height (= width), as for :func:`build_model`.
 
     Returns
     -------

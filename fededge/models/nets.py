@@ -296,8 +296,7 @@ def resnet8_filter(in_channels: int = 3) -> CifarResNet:
     pool -> fc 64 -> 2. That is ``cifar_resnet(8, num_classes=2)``: 74,770
     parameters, 12.4M forward MACs per 32x32 instance (see :mod:`fededge.cost.flops`).
 
-    The head has two logits: index ``LOW_LOSS`` = 0 is L (predicted low loss: drop
-    the instance), index ``HIGH_LOSS`` = 1 is H (predicted high loss: train on it).
+    Its two logits mean what :func:`slim_lenet_filter`'s do (``LOW_LOSS``, ``HIGH_LOSS``).
 
     Parameters
     ----------

@@ -72,24 +72,6 @@ PLOTS = (
     ),
 )
 
-PLOTS = (
-    (
-        "accuracy_vs_macs.png",
-        "Test accuracy of the global model against cumulative fleet MACs spent, one panel per "
-        "budget level, one curve per saver setting; each point is a round.",
-    ),
-    (
-        "accuracy_vs_budget.png",
-        "Final test accuracy against the budget level (multiplier of every tier's budget), "
-        "one curve per saver setting.",
-    ),
-    (
-        "saving_per_tier.png",
-        "Computation saved per tier against plain SGD on the same instances, per saver setting "
-        "and budget level (plain SGD saves 0% by definition and is left out).",
-    ),
-)
-
 
 
 # --------------------------------------------------------------------------- display
