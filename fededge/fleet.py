@@ -23,59 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from fededge.config.scenario import Scenario, Tier, data_dir_of
-from fededge.config.schema import SaversSection
 from fededge.cost.ledger import Ledger
 from fededge.cost.pricing import net_costs
 from fededge.data import ImageDataset, dataset_info, load_dataset
 from fededge.data.streams import DeviceStream, partition
-from fededge.method.error_map import EMPConfig, KernelPlans
+from fededge.method.error_map import KernelPlans
 from fededge.method.evaluation import evaluate
-from fededge.method.instance_filter import EIFConfig
-from fededge.method.quantize import QuantConfig
-from fededge.method.training import LocalTrainer, TrainConfig
+from fededge.method.training import LocalTrainer
 from fededge.models import build_filter, build_model
-
-
-def eif_config(savers: SaversSection) -> EIFConfig | None:
-    """The EIF parameters of a saver section (None when EIF is off)."""
-    s = savers.eif
-    if not s.enabled:
-        return None
-    return EIFConfig(**s.model_dump(exclude={"enabled"}))
-
-
-def emp_config(savers: SaversSection) -> EMPConfig | None:
-    """The EMP parameters of a saver section (None when EMP is off)."""
-    s = savers.emp
-    if not s.enabled:
-        return None
-    return EMPConfig(
-        keep_ratio=s.keep_ratio,
-        gamma_weight=s.gamma_weight,
-        gamma_error=s.gamma_error,
-        exempt=tuple(s.exempt),
-    )
-
-
-def quant_config(savers: SaversSection) -> QuantConfig | None:
-    """The quantized-training parameters of a saver section (None when it is off)."""
-    s = savers.quant
-    if not s.enabled:
-        return None
-    return QuantConfig(**s.model_dump(exclude={"enabled"}))
-
-
-def train_config(scenario: Scenario) -> TrainConfig:
-    """The main net's optimizer settings of a scenario."""
-    t = scenario.train
-    return TrainConfig(
-        batch_size=t.batch_size,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        nesterov=t.nesterov,
-    )
-
 
 INITIAL_FILTER_CACHE_BYTES = 32 * 2**20
 """Memory a worker process spends on devices' initial filter weights."""
@@ -269,8 +224,7 @@ class FleetRuntime:
             return result, state or {}
 
         load_weights(self.main_net, weights)
-        eif = eif_config(tier.savers)
-        emp = emp_config(tier.savers)
+        eif, emp = tier.eif, tier.emp
         filter_net = None
         if eif is not None:
             filter_net = self.filter_net
@@ -284,7 +238,7 @@ class FleetRuntime:
             self.main_net,
             self.train_data,
             self.input_shape,
-            train_config(scenario),
+            scenario.train_config,
             filter_net=filter_net,
             eif=eif,
             emp=emp,
@@ -292,7 +246,7 @@ class FleetRuntime:
             main_cost=self.main_cost,
             filter_cost=self.filter_cost,
             emp_plans=self.emp_plans,
-            quant=quant_config(tier.savers),
+            quant=tier.quant,
         )
         trainer.set_lr(scenario.train.lr_at_round(server_round, scenario.run.rounds))
         stream = self.stream(device_id, tier, local_data=local_data)

@@ -416,3 +416,15 @@ def test_train_saves_its_ledger_and_curve_and_never_overwrites(tmp_path: Path) -
     before = out.read_bytes()
     assert main(["train", "--epochs", "0.02", "--out", str(out)]) == 2
     assert out.read_bytes() == before
+
+
+def test_a_rule_between_saver_fields_is_a_load_error_naming_the_field() -> None:
+    # both EMP score weights 0: no score; EMPConfig's rule, reported when the file is read
+    text = (ROOT / "scenarios" / "quickstart.toml").read_text()
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(
+            text, overrides=("savers.emp.gamma_weight=0.0", "savers.emp.gamma_error=0.0")
+        )
+    message = str(info.value)
+    assert "savers.emp.gamma_weight, gamma_error" in message and "must not both be 0" in message
+    assert message.count("must not both be 0") == 1  # once, not once per tier

@@ -47,3 +47,22 @@ class ConfigError(FedEdgeError):
         lines += [f"  - {issue}" for issue in self.issues]
         super().__init__("\n".join(lines))
 
+
+class SettingsError(ConfigError, ValueError):
+    """Invalid settings of one of the method's configs (``EIFConfig``, ``EMPConfig``, ...).
+
+    A :class:`ConfigError` like every other configuration mistake (a scenario
+    reports it under the field's path) and a ``ValueError`` for code that builds
+    a config directly.
+    """
+
+    @classmethod
+    def from_problems(cls, owner: str, problems: list[str]) -> SettingsError:
+        """One issue per ``"field must ..."`` sentence (the field is its first word)."""
+        issues = []
+        for problem in problems:
+            field, _, rest = problem.partition(" ")
+            issues.append(
+                ConfigIssue(field, rest) if field.isidentifier() else ConfigIssue(owner, problem)
+            )
+        return cls(issues, source=owner)

@@ -35,6 +35,7 @@ from fededge.config.schema import (
     SaversSection,
     ScenarioModel,
     TierSection,
+    TrainSection,
 )
 from fededge.cost.profiles import CATALOG, DeviceProfile, load_profile_file
 
@@ -52,7 +53,10 @@ class Tier:
         savers: SaversSection,
         arrivals_per_round: int,
         first_device: int,
+        where: str = "savers",
     ) -> None:
+        from fededge.config.savers import derive_savers  # the method's configs (torch)
+
         self.section = section
         self.name = section.name
         self.profile = profile
@@ -66,6 +70,8 @@ class Tier:
         self.attack_scale = section.attack_scale
         self.arrivals_per_round = arrivals_per_round
         self.first_device = first_device
+        #: The method's configs of this tier's savers (None: that saver is off).
+        self.eif, self.emp, self.quant = derive_savers(savers, where)
 
     @property
     def budget_macs(self) -> float:
@@ -111,6 +117,8 @@ class Scenario:
         self.text = tomli_w.dumps(raw)
         self.digest = hashlib.sha256(self.text.encode()).hexdigest()[:16]
         self.tiers: tuple[Tier, ...] = ()
+        #: The main net's optimizer settings (:class:`~fededge.method.training.TrainConfig`).
+        self.train_config = _train_config(model.train)
 
     @property
     def num_devices(self) -> int:
@@ -134,6 +142,16 @@ class Scenario:
 
     def __repr__(self) -> str:
         return f"Scenario({self.run.name!r}, {self.num_devices} devices, {self.run.rounds} rounds)"
+
+
+def _train_config(train: TrainSection) -> Any:
+    """``[train]`` as the loop's TrainConfig; a broken rule names its ``train.`` field."""
+    from fededge.config.savers import train_config  # torch: only when a scenario is built
+
+    try:
+        return train_config(train)
+    except ConfigError as exc:
+        raise ConfigError([ConfigIssue(f"train.{i.path}", i.message) for i in exc.issues]) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -177,7 +195,10 @@ def build_scenario(raw: dict[str, Any], source: str) -> Scenario:
         model = ScenarioModel.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(issues_from_pydantic(exc, raw), source) from None
-    scenario = Scenario(model, raw, source)
+    try:
+        scenario = Scenario(model, raw, source)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source) from None
     issues = _resolve(scenario, model)
     if issues:
         raise ConfigError(issues, source)
@@ -220,14 +241,19 @@ def _resolve(scenario: Scenario, model: ScenarioModel) -> list[ConfigIssue]:
             except ValidationError as exc:
                 issues += issues_from_pydantic(exc, merged, prefix=f"{where}.savers")
         if profile is not None:
-            tier = Tier(
-                section,
-                profile,
-                savers,
-                section.arrivals_per_round or data.arrivals_per_round,
-                first,
-            )
-            tiers.append(tier)
+            try:
+                tier = Tier(
+                    section,
+                    profile,
+                    savers,
+                    section.arrivals_per_round or data.arrivals_per_round,
+                    first,
+                    "savers" if section.savers is None else f"{where}.savers",
+                )
+            except ConfigError as exc:  # the scenario's own savers: reported once
+                issues += [i for i in exc.issues if i not in issues]
+            else:
+                tiers.append(tier)
         first += section.count
     scenario.tiers = tuple(tiers)
 

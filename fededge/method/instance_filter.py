@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fededge.config.errors import SettingsError
 from fededge.method.saver_rules import eif_rule_problems
 
 LOW, HIGH = 0, 1
@@ -229,7 +230,7 @@ class EIFConfig:
         if self.weight_decay < 0.0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if problems:
-            raise ValueError("EIFConfig: " + "; ".join(problems))
+            raise SettingsError.from_problems("EIFConfig", problems)
 
     @property
     def auto(self) -> bool:

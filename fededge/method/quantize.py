@@ -87,7 +87,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.config.errors import ConfigIssue, SettingsError
 from fededge.method.range_bn import CHUNKS, RangeBatchNorm2d
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ FULL_BITS = 32
 """A width of 32 bits means "not quantized" (float32)."""
 
 
-class QuantConfigError(ConfigError, ValueError):
+class QuantConfigError(SettingsError):
     """Invalid quantization settings (:class:`~fededge.config.errors.ConfigError`, ValueError)."""
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fededge.config.errors import SettingsError
 from fededge.cost.flops import ModelCost, model_cost
 from fededge.cost.ledger import Ledger
 from fededge.method.auto_ratio import RatioChoice, RatioCosts, choose_ratio
@@ -84,7 +85,7 @@ class TrainConfig:
         if self.nesterov and self.momentum == 0.0:
             problems.append("nesterov needs momentum > 0")
         if problems:
-            raise ValueError("TrainConfig: " + "; ".join(problems))
+            raise SettingsError.from_problems("TrainConfig", problems)
 
 
 @dataclass(frozen=True)

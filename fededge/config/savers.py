@@ -1,0 +1,92 @@
+"""The method's settings, derived once from a validated scenario: what a device's round runs with.
+
+A scenario's ``[savers.*]`` and ``[train]`` sections (:mod:`fededge.config.schema`)
+give types, ranges and defaults; the method's own frozen configs
+(:class:`~fededge.method.instance_filter.EIFConfig`,
+:class:`~fededge.method.error_map.EMPConfig`,
+:class:`~fededge.method.quantize.QuantConfig`,
+:class:`~fededge.method.training.TrainConfig`) hold the rules between fields.
+Each tier's configs are built when the scenario is loaded
+(:class:`~fededge.config.scenario.Tier`), so a rule broken by a scenario is a
+:class:`~fededge.config.errors.ConfigError` naming the field's path at load
+time, never an error in a device's round, and no round builds them again.
+"""
+
+from __future__ import annotations
+
+from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.config.schema import SaversSection, TrainSection
+from fededge.method.error_map import EMPConfig
+from fededge.method.instance_filter import EIFConfig
+from fededge.method.quantize import QuantConfig
+from fededge.method.training import TrainConfig
+
+__all__ = ["derive_savers", "eif_config", "emp_config", "quant_config", "train_config"]
+
+
+def eif_config(savers: SaversSection) -> EIFConfig | None:
+    """The EIF parameters of a saver section (None when EIF is off)."""
+    s = savers.eif
+    if not s.enabled:
+        return None
+    return EIFConfig(**s.model_dump(exclude={"enabled"}))
+
+
+def emp_config(savers: SaversSection) -> EMPConfig | None:
+    """The EMP parameters of a saver section (None when EMP is off)."""
+    s = savers.emp
+    if not s.enabled:
+        return None
+    return EMPConfig(
+        keep_ratio=s.keep_ratio,
+        gamma_weight=s.gamma_weight,
+        gamma_error=s.gamma_error,
+        exempt=tuple(s.exempt),
+    )
+
+
+def quant_config(savers: SaversSection) -> QuantConfig | None:
+    """The quantized-training parameters of a saver section (None when it is off)."""
+    s = savers.quant
+    if not s.enabled:
+        return None
+    return QuantConfig(**s.model_dump(exclude={"enabled"}))
+
+
+def train_config(train: TrainSection) -> TrainConfig:
+    """The main net's optimizer settings of a ``[train]`` section."""
+    t = train
+    return TrainConfig(
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        nesterov=t.nesterov,
+    )
+
+
+def derive_savers(
+    savers: SaversSection, where: str = "savers"
+) -> tuple[EIFConfig | None, EMPConfig | None, QuantConfig | None]:
+    """EIF, EMP and quantization configs of a saver section (None for each one off).
+
+    Raises
+    ------
+    ConfigError
+        Every rule the section breaks, under ``<where>.<eif|emp|quant>.<field>``.
+    """
+    issues: list[ConfigIssue] = []
+    derived: list[object] = []
+    for name, derive in (("eif", eif_config), ("emp", emp_config), ("quant", quant_config)):
+        try:
+            derived.append(derive(savers))
+        except ConfigError as exc:
+            issues += [ConfigIssue(f"{where}.{name}.{i.path}", i.message) for i in exc.issues]
+            derived.append(None)
+    if issues:
+        raise ConfigError(issues)
+    eif, emp, quant = derived
+    assert eif is None or isinstance(eif, EIFConfig)
+    assert emp is None or isinstance(emp, EMPConfig)
+    assert quant is None or isinstance(quant, QuantConfig)
+    return eif, emp, quant
