@@ -292,7 +292,7 @@ def app_dir(deploy_dir: Path) -> Path:
     Python files and a pyproject.toml with :data:`FLOWER_APP`, so the ServerApp
     and the devices run exactly the code of this installation.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # fededge/<package>/<module>.py
     pyproject = root / "pyproject.toml"
     if pyproject.exists() and "[tool.flwr.app]" in pyproject.read_text():
         return root

@@ -74,7 +74,7 @@ def _versions() -> dict[str, str | None]:
 
 def _git() -> dict[str, Any] | None:
     """Commit and dirty flag of the checkout fededge runs from, or None (an installation)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # fededge/<package>/<module>.py
     if not (root / ".git").exists():
         return None
     try:
