@@ -193,8 +193,10 @@ def verify_checkpoint(out_dir: Path, digest: str) -> dict[str, Any]:
 
 
 def load_checkpoint(out_dir: Path, digest: str) -> Checkpoint:
-    """The round, run id, global weights, device state rounds and table marks of a
-    verified checkpoint."""
+    """What a verified checkpoint holds.
+
+    The round, run id, global weights, device state rounds and table marks.
+    """
     manifest = verify_checkpoint(out_dir, digest)
     path = out_dir / FOLDER / manifest["global"]["file"]
     with np.load(path) as data:

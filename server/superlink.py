@@ -75,6 +75,7 @@ class FleetOnly:
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request if its path is the Fleet API's; answer 403 otherwise."""
         if scope["type"] == "http" and scope.get("path") in self.allowed:
             await self.app(scope, receive, send)
             return

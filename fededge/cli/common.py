@@ -1,5 +1,8 @@
-"""What the commands share: the fleet-resource flags (``fededge run`` and ``compare``),
-``-v`` after any subcommand, and how progress lines write a duration."""
+"""What the commands share: flags, exit codes, and how progress lines write a duration.
+
+The fleet-resource flags (``fededge run`` and ``compare``), ``--set``, ``-v``
+after any subcommand.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ def add_set_flag(p: Any, help: str) -> None:
 
 
 def add_resource_flags(p: Any) -> None:
-    """``--client-cpus``, ``--max-concurrent``, ``--threads-per-client``: the
-    ``[simulation]`` resources, as flags."""
+    """The ``[simulation]`` resources as flags.
+
+    ``--client-cpus``, ``--max-concurrent``, ``--threads-per-client``.
+    """
     p.add_argument("--client-cpus", type=float, default=None, help="CPUs per simulated client")
     p.add_argument("--max-concurrent", type=int, default=None, help="clients running at once")
     p.add_argument(

@@ -79,8 +79,10 @@ EXAMPLES: dict[str, str] = {
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default, unless its text already says it;
-    the ``example:`` epilog keeps its lines."""
+    """Help that shows each option's default, unless its text already says it.
+
+    The ``example:`` epilog keeps its lines.
+    """
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if text.startswith("example"):
@@ -99,8 +101,10 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def _show_defaults(parser: argparse.ArgumentParser, words: str = "") -> None:
-    """Use :class:`DefaultsHelpFormatter` in ``parser`` and every subcommand's parser,
-    and end each one's help with its example from :data:`EXAMPLES`."""
+    """Use :class:`DefaultsHelpFormatter` in ``parser`` and every subcommand's parser.
+
+    Each one's help ends with its example from :data:`EXAMPLES`.
+    """
     parser.formatter_class = DefaultsHelpFormatter
     if words in EXAMPLES and not parser.epilog:
         parser.epilog = f"example:\n  {EXAMPLES[words]}"

@@ -19,6 +19,7 @@ from fededge.config.errors import ConfigError, ConfigIssue
 
 
 def add_run(sub: Any) -> None:
+    """Register ``fededge run`` with the subcommands ``sub``."""
     p = sub.add_parser(
         "run",
         help="run a scenario on Flower's simulation engine (Ray)",
@@ -183,7 +184,6 @@ def _check_output_dir(
     folder that already holds a run is refused (exit 2), or with
     ``--move-aside`` renamed to ``<out>.old-N`` first; nothing in it is changed.
     """
-
     if resume:
         from server.checkpoint import verify_checkpoint
 

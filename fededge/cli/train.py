@@ -13,6 +13,7 @@ from fededge.config.errors import ConfigError, ConfigIssue
 
 
 def add_train(sub: Any) -> None:
+    """Register ``fededge train`` with the subcommands ``sub``."""
     p = sub.add_parser(
         "train",
         help="train one device on a stream, no Flower (quick look at the savers)",
@@ -76,8 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_with_progress(args: argparse.Namespace, train_single: Any, bar: Any) -> Any:
-    """``train_single`` with the bar following the stream: in a terminal every
-    mini-batch; as plain lines every tenth of the stream."""
+    """``train_single`` with the bar following the stream.
+
+    In a terminal every mini-batch; as plain lines every tenth of the stream.
+    """
     marks = [0]  # the last tenth printed
 
     def on_streamed(position: int, total: int) -> None:

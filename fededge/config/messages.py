@@ -35,6 +35,7 @@ from fededge.config.schema import (
 
 
 def issues_from_pydantic(exc: ValidationError, raw: Any, prefix: str = "") -> list[ConfigIssue]:
+    """One issue per pydantic error: the path as written in ``raw`` (under ``prefix``)."""
     issues = []
     errors = exc.errors()
     nested = [tuple(e["loc"]) for e in errors]

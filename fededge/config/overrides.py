@@ -21,8 +21,10 @@ _KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(\[(\d+)\])?$")
 def apply_overrides(
     raw: dict[str, Any], overrides: Sequence[str], *, source: str = "--set"
 ) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values are TOML: ``0.5``, ``true``, ``"x"``,
-    ``[1, 2]``; a bare word is taken as a string). ``fleet.tiers[1].count=5`` indexes arrays.
+    """Apply ``section.key=value`` overrides to a parsed document.
+
+    Values are TOML (``0.5``, ``true``, ``"x"``, ``[1, 2]``; a bare word is taken
+    as a string). ``fleet.tiers[1].count=5`` indexes arrays.
     """
     issues = []
     for item in overrides:

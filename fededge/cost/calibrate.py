@@ -236,7 +236,7 @@ def calibrate(settings: CalibrationSettings) -> Calibration:
 
 
 def machine_memory_mb() -> float:
-    """This machine's physical memory in MB (1024 when it cannot be read)."""
+    """Physical memory of the machine in MB (1024 when it cannot be read)."""
     try:
         import os
 

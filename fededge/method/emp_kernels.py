@@ -58,6 +58,8 @@ KERNELS: tuple[str, ...] = ("autotune", "rule", "aten", "cl", "cl-swap", "nchw-s
 
 @dataclass(frozen=True)
 class Geometry:
+    """A conv's stride, padding, dilation and kernel size: what its backward kernels need."""
+
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]

@@ -137,7 +137,7 @@ def _is_real(value: object) -> bool:
 
 
 def num_kept(keep_ratio: float, c_out: int) -> int:
-    """k = ⌈α·C_out⌉, at least 1 (a 1e-9 slack absorbs float error: ⌈0.3·10⌉ = 3)."""
+    """K = ⌈α·C_out⌉, at least 1 (a 1e-9 slack absorbs float error: ⌈0.3·10⌉ = 3)."""
     return max(1, min(c_out, math.ceil(keep_ratio * c_out - 1e-9)))
 
 

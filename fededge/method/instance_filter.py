@@ -239,8 +239,11 @@ class EIFConfig:
 
     @property
     def initial_ratio(self) -> float:
-        """R_set before any choice: ``target_ratio``, or for ``"auto"`` the default
-        0.2 within the bounds (what a run without a budget starts from)."""
+        """R_set before any choice.
+
+        ``target_ratio``, or for ``"auto"`` the default 0.2 within the bounds (what
+        a run without a budget starts from).
+        """
         if isinstance(self.target_ratio, int | float):
             return float(self.target_ratio)
         return min(max(0.2, self.min_ratio), self.max_ratio)

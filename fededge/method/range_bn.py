@@ -61,6 +61,7 @@ class RangeBatchNorm2d(nn.BatchNorm2d):
     """Groups of samples whose ranges are averaged (per instance; set by the quantizer)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` by its range-based batch statistics (the running ones in eval mode)."""
         if not self.training and self.track_running_stats:
             return super().forward(x)
         if x.dim() != 4:

@@ -53,7 +53,9 @@ class BatchSource(Protocol):
 
     def batch(
         self, indices: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]: ...
+    ) -> tuple[Tensor, Tensor]:
+        """The images and labels of ``indices``, augmented with ``generator``'s draws."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -342,8 +344,11 @@ class LocalTrainer:
 
     # ------------------------------------------------------ auto R_set
     def ratio_costs(self) -> RatioCosts:
-        """Per-instance costs for :func:`~fededge.method.auto_ratio.choose_ratio`: measured
-        in the last run, or the loop's worst case before any (a dense step, the caps)."""
+        """Per-instance costs for :func:`~fededge.method.auto_ratio.choose_ratio`.
+
+        Measured in the last run, or the loop's worst case before any (a dense
+        step, the caps).
+        """
         assert self.filter is not None and self.filter_cost is not None
         cfg = self.filter.config
         return RatioCosts(
@@ -378,8 +383,10 @@ class LocalTrainer:
         self._auto["previous"] = choice.ratio
 
     def _planned_step_macs(self) -> float:
-        """Per-instance MACs of a main-net step (EMP's fixed channel counts included),
-        for a mini-batch of ``batch_size``."""
+        """Per-instance MACs of a main-net step on a mini-batch of ``batch_size``.
+
+        EMP's fixed channel counts included.
+        """
         m = self.config.batch_size
         if self.pruner is None:
             return float(self.dense_step_macs)
@@ -396,8 +403,11 @@ class LocalTrainer:
             self._auto["sample_share"] = ledger.uncertainty_sampled / self._filter_streamed
 
     def _in_full_phase(self) -> bool:
-        """True inside a full-training phase of EIF (``full_first`` / ``full_last``),
-        or in a run whose budget pays for training everything (``"auto"``)."""
+        """Whether every instance is trained now.
+
+        True inside a full-training phase of EIF (``full_first`` / ``full_last``),
+        or in a run whose budget pays for training everything (``"auto"``).
+        """
         assert self.filter is not None
         if self._round_full:
             return True

@@ -56,6 +56,7 @@ class MaxPool2d(nn.MaxPool2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's output for a batch."""
         if (
             self._corners
             and x.dim() in (3, 4)
@@ -73,6 +74,7 @@ class ResidualAdd(nn.Module):
     """
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The module's output for a batch."""
         return a + b
 
 
@@ -102,10 +104,12 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's output for a batch."""
         x = x[:, :, :: self.stride, :: self.stride]  # (B, C_in, H/s, W/s)
         return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
 
     def extra_repr(self) -> str:
+        """What ``print(module)`` shows beside the name."""
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
@@ -140,6 +144,7 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's output for a batch."""
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         y: torch.Tensor = self.relu2(self.add(out, self.shortcut(x)))

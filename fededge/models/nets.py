@@ -42,6 +42,7 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch ``x``."""
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
         x = self.relu3(self.fc1(self.flatten(x)))
@@ -108,6 +109,7 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch ``x``."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         logits: torch.Tensor = self.fc(self.flatten(self.avgpool(x)))  # (B, num_classes)
@@ -196,6 +198,7 @@ class VGG16(nn.Module):
         _kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch ``x``."""
         logits: torch.Tensor = self.classifier(self.flatten(self.features(x)))
         return logits
 
@@ -249,6 +252,7 @@ class SlimLeNetFilter(nn.Module):
         self.fc = nn.Linear(144, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch ``x``."""
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
         logits: torch.Tensor = self.fc(self.flatten(x))  # (B, 2): L, H

@@ -199,10 +199,13 @@ SPREAD_KEYS = (
 
 
 def setting_table(variants: pd.DataFrame) -> pd.DataFrame:
-    """One row per budget level x saver setting: ``seeds`` (how many finished) and the
-    mean and standard deviation (``*_sd``, ddof 1; NaN with one seed) over seeds of
-    :data:`SPREAD_KEYS`. A target never reached by a seed makes its time NaN there;
-    ``target_reached`` counts the seeds that reached it."""
+    """One row per budget level x saver setting, over its seeds.
+
+    ``seeds`` (how many finished) and the mean and standard deviation (``*_sd``,
+    ddof 1; NaN with one seed) over seeds of :data:`SPREAD_KEYS`. A target never
+    reached by a seed makes its time NaN there; ``target_reached`` counts the
+    seeds that reached it.
+    """
     done = variants[variants["status"] == "finished"] if len(variants) else variants
     rows = []
     for (level, setting), group in (

@@ -246,8 +246,10 @@ class FleetReport:
         return self._tiers.frame()
 
     def table_marks(self) -> dict[str, dict[str, Any]]:
-        """What the appended CSVs hold, for the checkpoint: ``{"rounds.csv": {"bytes",
-        "sha256"}, ...}``."""
+        """What the appended CSVs hold, for the checkpoint.
+
+        ``{"rounds.csv": {"bytes", "sha256"}, ...}``.
+        """
         return {t.path.name: t.mark() for t in self.appended.values() if t.nbytes}
 
     def summary(self) -> dict[str, Any]:
@@ -286,8 +288,10 @@ class FleetReport:
 
     # --------------------------------------------------------------- files
     def write(self, rows: list[dict[str, Any]]) -> None:
-        """Append the round just recorded (its device ``rows``) to the CSVs and
-        rewrite the small tables, the summary and (optionally) the plots.
+        """Write the round just recorded (its device ``rows``).
+
+        It is appended to the CSVs; the small tables, the summary and
+        (optionally) the plots are rewritten.
 
         Each round costs its own rows, not the run's: ``rounds.parquet`` and the
         tier tables are one row per round or tier; ``devices.parquet`` is written
@@ -338,8 +342,9 @@ class FleetReport:
         plots: bool = True,
         plot_every_s: float = 0.0,
     ) -> FleetReport:
-        """A report continuing the tables in ``out_dir`` (for ``--resume``): each CSV
-        is cut back to what the checkpoint's ``marks`` (:meth:`table_marks`) say it
+        """A report continuing the tables in ``out_dir`` (for ``--resume``).
+
+        Each CSV is cut back to what the checkpoint's ``marks`` (:meth:`table_marks`) say it
         held, and its rows are loaded (rows of later rounds are thereby dropped).
 
         Raises
@@ -420,8 +425,10 @@ class FleetReport:
 
 
 class TierTotals:
-    """Running per-tier totals of device rows (the ``tiers`` table), each row
-    added once: a round costs its own rows, not the whole run's."""
+    """Running per-tier totals of device rows (the ``tiers`` table).
+
+    Each row is added once: a round costs its own rows, not the whole run's.
+    """
 
     COLUMNS = (
         "tier",

@@ -267,8 +267,10 @@ def read_tiers(folder: Path) -> pd.DataFrame:
 
 
 def ratio_by_tier_and_round(folder: Path) -> pd.DataFrame:
-    """Mean R_set aimed at (``aimed_ratio``) per tier (rows) and round (columns) of
-    the devices that trained; empty when the run has no per-device table."""
+    """Mean R_set aimed at (``aimed_ratio``) per tier (rows) and round (columns).
+
+    Of the devices that trained; empty when the run has no per-device table.
+    """
     devices = read_table(folder, "devices")
     if not {"tier", "round", "aimed_ratio", "status"} <= set(devices.columns):
         return pd.DataFrame()
@@ -289,8 +291,9 @@ def html_links(links: Sequence[tuple[str, str]], css_class: str = "") -> str:
 
 
 def render_run(folder: str | Path, *, plots: bool = True) -> Path:
-    """Re-draw a run folder's plots (unless ``plots`` is False: the run drew them)
-    and write its ``report.html`` from the saved tables.
+    """Write a run folder's ``report.html`` from its saved tables.
+
+    Its plots are re-drawn first, unless ``plots`` is False (the run drew them).
 
     Raises
     ------

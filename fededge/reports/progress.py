@@ -20,8 +20,9 @@ from fededge.cli.common import duration_text
 
 
 class Pace:
-    """An ETA from the pace of the steps after the first one seen (the first
-    includes start-up), or from the first alone while it is the only one.
+    """An ETA from the pace of the steps after the first one seen.
+
+    The first includes start-up; while it is the only one, its pace is used.
 
     With ``skip_first=False`` the pace is the average over every step so far: right
     for a job whose start-up recurs (a sweep starts the engine for every variant).
@@ -135,8 +136,11 @@ class Progress:
             print(f"  {text}", flush=True)
 
     def step(self, done: float, line: str | None = None) -> None:
-        """``done`` of ``total`` steps finished; ``line`` says how it went (printed
-        above the bar, or as a plain line ending in the ETA)."""
+        """``done`` of ``total`` steps finished.
+
+        ``line`` says how it went (printed above the bar, or as a plain line
+        ending in the ETA).
+        """
         eta = self.pace.eta_text(done, self.total)
         if self._bar is not None:
             self._bar.update(self._task, completed=done, description=self.what, eta=eta.strip())

@@ -33,8 +33,11 @@ PACKAGES = ("fededge", "flwr", "torch", "ray", "numpy", "pandas")
 
 
 def code_provenance(argv: list[str] | None = None) -> dict[str, Any]:
-    """What produced a result, whatever it ran: versions, git commit, command line,
-    start time and machine (:func:`provenance` adds the scenario)."""
+    """What produced a result, whatever it ran.
+
+    Versions, git commit, command line, start time and machine
+    (:func:`provenance` adds the scenario).
+    """
     return {
         "versions": {**_versions(), "python": platform.python_version()},
         "git": _git(),

@@ -40,8 +40,10 @@ def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with every count column (:func:`~fededge.reports.columns.whole_number`) as
-    a nullable integer (``Int64``; NaN becomes an empty cell).
+    """``frame`` with its count columns as nullable integers.
+
+    Every count column (:func:`~fededge.reports.columns.whole_number`) becomes
+    ``Int64`` (NaN becomes an empty cell).
 
     A count column that holds a fraction or an infinity stays float: the stored
     value is never rounded.
@@ -60,8 +62,11 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def untyped(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with nullable integer columns as plain numpy ones (int64, or
-    float64 with NaN where a cell is empty): what code computing on a table expects."""
+    """``frame`` with nullable integer columns as plain numpy ones.
+
+    int64, or float64 with NaN where a cell is empty: what code computing on a
+    table expects.
+    """
     cast: dict[str, Any] = {}
     for name in frame.columns:
         if isinstance(frame[name].dtype, pd.Int64Dtype | pd.Int32Dtype):
@@ -146,8 +151,11 @@ class AppendedTable:
 
 
 def read_csv_exact(source: Any) -> pd.DataFrame:
-    """A table CSV as written: floats to the bit (round-trip parsing), text
-    columns as strings (an empty cell is ``""``)."""
+    """A table CSV as written.
+
+    Floats to the bit (round-trip parsing), text columns as strings (an empty
+    cell is ``""``).
+    """
     head = pd.read_csv(source, nrows=0)
     text = [c for c in head.columns if (d := describe(str(c))) is not None and d[0] in TEXT_UNITS]
     if hasattr(source, "seek"):
