@@ -222,7 +222,7 @@ def load_client_app(spec: str, option: str = "client app") -> ClientApp:
     import importlib
     import os
 
-    from fededge.config.errors import ConfigError, ConfigIssue
+    from fededge.errors import ConfigError, ConfigIssue
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

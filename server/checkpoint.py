@@ -16,7 +16,7 @@ manifest that describes files which all exist: the one of the round before. Resu
 against their digest, each table's first ``bytes`` against theirs (rows appended
 after the manifest, even a partial line, are cut off by :meth:`FleetReport.load`),
 each device's state file of its round (it must be there and decode) -- and
-refuses with :class:`~fededge.config.errors.ConfigError` (exit 2), naming the file and
+refuses with :class:`~fededge.errors.ConfigError` (exit 2), naming the file and
 the fix, instead of a traceback or a silent restart.
 """
 
@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.scenario import Scenario
+from fededge.errors import ConfigError, ConfigIssue
 from fededge.files import atomic_write, atomic_write_text
 from fededge.reports.fleet_report import FleetReport
 from fededge.reports.tables import prefix_sha256

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.scenario import Scenario, load_scenario, parse_scenario
+from fededge.errors import ConfigError, ConfigIssue
 
 #: The project folder (where pyproject.toml and scenarios/ are): relative scenario paths.
 APP_DIR = Path(__file__).resolve().parents[1]

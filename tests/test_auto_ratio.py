@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from fededge.cli.compare import parse_savers
-from fededge.config.errors import ConfigError
 from fededge.config.scenario import parse_scenario
 from fededge.cost.flops import model_cost
+from fededge.errors import ConfigError
 from fededge.method.auto_ratio import MARGIN, RatioCosts, choose_ratio
 from fededge.method.error_map import EMPConfig, ErrorMapPruner
 from fededge.method.instance_filter import EIFConfig

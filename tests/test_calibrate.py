@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fededge.config.errors import ConfigError
 from fededge.config.scenario import parse_scenario
 from fededge.cost.calibrate import Calibration, CalibrationSettings, calibrate
 from fededge.cost.flops import model_cost
 from fededge.cost.profiles import CATALOG, load_profile_file, save_profile_file
 from fededge.data import dataset_info
+from fededge.errors import ConfigError
 from fededge.models import build_model
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from fededge.cli.compare import parse_levels, parse_savers, parse_seeds
 from fededge.cli.main import main
-from fededge.config.errors import ConfigError
 from fededge.config.scenario import Scenario, load_scenario, parse_scenario
+from fededge.errors import ConfigError
 from fededge.reports.compare import (
     head_to_head,
     load_results,

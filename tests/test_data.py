@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fededge.config.errors import DataError
 from fededge.data import (
     KNOWN_DATASETS,
     DatasetInfo,
@@ -39,6 +38,7 @@ from fededge.data import (
 )
 from fededge.data.cache import CacheEntry
 from fededge.data.sources import CifarPickleSource, IdxSource, ImageFolderSource, read_idx
+from fededge.errors import DataError
 
 MNIST_TRAIN_PREFIX = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 MNIST_TEST_PREFIX = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]

@@ -22,7 +22,6 @@ from flwr.common.config import parse_config_args
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_module
-from fededge.config.errors import ConfigError
 from fededge.config.scenario import parse_scenario
 from fededge.cost.ledger import MAC_FIELDS
 from fededge.cost.profiles import DeviceProfile, save_profile_file
@@ -34,6 +33,7 @@ from fededge.deploy.node_config import (
     parse_node_config,
     portable_scenario_text,
 )
+from fededge.errors import ConfigError
 from fededge.fleet import FleetRuntime, transported_weights
 from server.deployment import RunSettings
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fededge.config.errors import ConfigError, FedEdgeError
+from fededge.errors import ConfigError, FedEdgeError
 from fededge.method.error_map import (
     EMPConfig,
     EMPConfigError,

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fededge.config.errors import ModelError
 from fededge.cost.flops import KINDS, LayerCost, ModelCost, model_cost
+from fededge.errors import ModelError
 from fededge.models import ResidualAdd, build_filter, cifar_resnet, lenet5, vgg16
 
 # --------------------------------------------------------------------------- hand counts

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fededge.config.errors import ModelError
+from fededge.errors import ModelError
 from fededge.models import (
     FILTER_NAMES,
     HIGH_LOSS,

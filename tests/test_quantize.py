@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fededge.method.error_map as error_map
-from fededge.config.errors import ConfigError
 from fededge.config.savers import quant_config
 from fededge.config.scenario import parse_scenario
 from fededge.cost.flops import model_cost
 from fededge.cost.ledger import Ledger
+from fededge.errors import ConfigError
 from fededge.fleet import FleetRuntime, transported_weights
 from fededge.method.error_map import EMPConfig, ErrorMapPruner
 from fededge.method.quantize import (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fededge.cli.main import main
-from fededge.config.errors import ConfigError
 from fededge.config.scenario import load_scenario, parse_scenario, scenario_files
+from fededge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from fededge.config.errors import ConfigError
 from fededge.deploy.security import make_certificates, make_device_key
+from fededge.errors import ConfigError
 
 
 def test_server_certificate_covers_loopback_and_the_given_hosts(tmp_path: Path) -> None:

@@ -157,8 +157,8 @@ def test_class_skew_total_variation_and_ratios() -> None:
 
 
 def test_scenario_reports_inconsistent_eif_rules_with_the_field() -> None:
-    from fededge.config.errors import ConfigError
     from fededge.config.scenario import parse_scenario
+    from fededge.errors import ConfigError
 
     text = """
 [savers.eif]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-#: Exit status of a user mistake (a :class:`~fededge.config.errors.FedEdgeError`).
+#: Exit status of a user mistake (a :class:`~fededge.errors.FedEdgeError`).
 EXIT_USAGE = 2
 #: Exit status after Ctrl-C (or SIGTERM).
 EXIT_INTERRUPTED = 130

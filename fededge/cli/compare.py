@@ -15,8 +15,8 @@ from typing import Any
 
 from fededge import __version__
 from fededge.cli.common import add_resource_flags, add_set_flag, duration_text, resource_overrides
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.schema import SAVER_SETTINGS
+from fededge.errors import ConfigError, ConfigIssue
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130

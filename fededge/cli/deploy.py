@@ -42,7 +42,6 @@ from typing import Any
 import tomli_w
 
 from fededge.cli.common import add_set_flag
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.deploy.flower_commands import (
     CONNECTION,
     EXPLICIT_CONNECTION,
@@ -59,6 +58,7 @@ from fededge.deploy.flower_commands import (
     supernode_args,
     write_connection,
 )
+from fededge.errors import ConfigError, ConfigIssue
 
 DEFAULT_DIR = Path("runs/deploy")
 DEFAULT_PORT = 8000

@@ -4,7 +4,7 @@ Subcommands, one module each: ``run`` (:mod:`fededge.cli.run`: a scenario on
 Flower's simulation engine), ``train`` (:mod:`fededge.cli.train`: one device, no
 Flower), ``compare`` and ``report`` (:mod:`fededge.cli.compare`), ``calibrate``
 (:mod:`fededge.cli.calibrate`), ``deploy`` (:mod:`fededge.cli.deploy`).
-User mistakes (a :class:`~fededge.config.errors.FedEdgeError`) print a short message
+User mistakes (a :class:`~fededge.errors.FedEdgeError`) print a short message
 and exit with code 2, without a traceback.
 """
 
@@ -29,7 +29,7 @@ from fededge.cli.compare import add_compare, add_report
 from fededge.cli.deploy import add_deploy
 from fededge.cli.run import add_run
 from fededge.cli.train import add_train
-from fededge.config.errors import FedEdgeError
+from fededge.errors import FedEdgeError
 
 Handler = Callable[[argparse.Namespace], int]
 

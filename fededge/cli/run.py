@@ -15,7 +15,7 @@ from fededge.cli.common import (
     add_set_flag,
     resource_overrides,
 )
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 
 
 def add_run(sub: Any) -> None:
@@ -155,9 +155,9 @@ def fleet_text(scenario: Any, out_dir: Path) -> str:
 
 def check_data(scenario: Any) -> None:
     """Both splits of the scenario's dataset are there (or may be downloaded): else exit 2."""
-    from fededge.config.errors import DataError
     from fededge.config.scenario import data_dir_of
     from fededge.data.loading import locate
+    from fededge.errors import DataError
 
     data = scenario.data
     for split in ("train", "test"):

@@ -9,7 +9,7 @@ from typing import Any
 from fededge.cli.common import (
     duration_text,
 )
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 
 
 def add_train(sub: Any) -> None:
@@ -145,7 +145,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
     """Every out-of-range option of ``fededge train`` at once (exit 2, no traceback)."""
     import math
 
-    from fededge.config.errors import ConfigError, ConfigIssue
+    from fededge.errors import ConfigError, ConfigIssue
 
     rules = [
         ("--epochs", args.epochs, math.isfinite(args.epochs) and args.epochs > 0, "a number > 0"),

@@ -1,1 +1,1 @@
-"""Scenario files: the schema, loading and overrides, and the one error type for user mistakes."""
+"""Scenario files: the schema, loading and resolving, overrides, the messages for a wrong one."""

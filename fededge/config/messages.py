@@ -1,7 +1,7 @@
 """What a user reads when a scenario is wrong: pydantic's errors as field, value and expectation.
 
 :func:`issues_from_pydantic` turns a :class:`pydantic.ValidationError` into
-:class:`~fededge.config.errors.ConfigIssue` lines -- the field's path as written
+:class:`~fededge.errors.ConfigIssue` lines -- the field's path as written
 in the TOML file (``fleet.tiers[1].budget_macs``), the value received and what
 is expected -- with a did-you-mean suggestion for unknown keys.
 """
@@ -18,7 +18,6 @@ from pydantic import (
     ValidationError,
 )
 
-from fededge.config.errors import ConfigIssue
 from fededge.config.schema import (
     DataSection,
     FleetSection,
@@ -32,6 +31,7 @@ from fededge.config.schema import (
     SweepSection,
     TrainSection,
 )
+from fededge.errors import ConfigIssue
 
 
 def issues_from_pydantic(exc: ValidationError, raw: Any, prefix: str = "") -> list[ConfigIssue]:

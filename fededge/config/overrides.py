@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from typing import Any
 
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 
 _KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(\[(\d+)\])?$")
 

@@ -8,14 +8,14 @@ give types, ranges and defaults; the method's own frozen configs
 :class:`~fededge.method.training.TrainConfig`) hold the rules between fields.
 Each tier's configs are built when the scenario is loaded
 (:class:`~fededge.config.scenario.Tier`), so a rule broken by a scenario is a
-:class:`~fededge.config.errors.ConfigError` naming the field's path at load
+:class:`~fededge.errors.ConfigError` naming the field's path at load
 time, never an error in a device's round, and no round builds them again.
 """
 
 from __future__ import annotations
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.schema import SaversSection, TrainSection
+from fededge.errors import ConfigError, ConfigIssue
 from fededge.method.error_map import EMPConfig
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.quantize import QuantConfig

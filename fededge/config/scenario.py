@@ -28,7 +28,6 @@ from pydantic import (
     ValidationError,
 )
 
-from fededge.config.errors import ConfigError, ConfigIssue, DataError
 from fededge.config.messages import issues_from_pydantic
 from fededge.config.overrides import apply_overrides, blame_overrides
 from fededge.config.schema import (
@@ -38,6 +37,7 @@ from fededge.config.schema import (
     TrainSection,
 )
 from fededge.cost.profiles import CATALOG, DeviceProfile, load_profile_file
+from fededge.errors import ConfigError, ConfigIssue, DataError
 
 if TYPE_CHECKING:
     from fededge.data import DatasetInfo

@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.cost.flops import model_cost
 from fededge.cost.profiles import CATALOG, DeviceProfile
 from fededge.data import ImageDataset, dataset_info, default_augment, load_dataset
+from fededge.errors import ConfigError, ConfigIssue
 from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_model
 

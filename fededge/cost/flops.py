@@ -62,7 +62,7 @@ Modules that only move data (``Identity``, ``Flatten``, ``Dropout``, the option-
 :class:`fededge.models.ZeroPadShortcut`) cost 0 and get no :class:`LayerCost`.
 Only modules are seen: arithmetic written inline in a ``forward()`` is invisible,
 which is why the residual addition is a module. A leaf module of any other type
-raises :class:`fededge.config.errors.ModelError` rather than being silently ignored.
+raises :class:`fededge.errors.ModelError` rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from fededge.config.errors import ModelError
+from fededge.errors import ModelError
 from fededge.models import ResidualAdd, ZeroPadShortcut
 
 __all__ = [

@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 from fededge.files import atomic_write_text
 
 

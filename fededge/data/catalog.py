@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from fededge.config.errors import DataError
 from fededge.data.sources import ImageFolderSource, find_imagefolder
+from fededge.errors import DataError
 
 __all__ = [
     "BUILTIN_DATASETS",

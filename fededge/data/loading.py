@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fededge.config.errors import DataError
 from fededge.data.cache import CacheEntry, cache_dir
 from fededge.data.catalog import (
     BUILTIN_DATASETS,
@@ -54,6 +53,7 @@ from fededge.data.sources import (
     ZarrMnistSource,
     find_imagefolder,
 )
+from fededge.errors import DataError
 
 __all__ = ["channel_stats", "default_augment", "load_dataset"]
 

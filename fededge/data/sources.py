@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fededge.config.errors import DataError
 from fededge.data.cache import cache_key, file_identity
+from fededge.errors import DataError
 
 __all__ = [
     "IMG_EXTENSIONS",

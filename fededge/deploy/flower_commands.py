@@ -25,7 +25,7 @@ from typing import Any
 
 import tomli_w
 
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 
 #: Keep Flower and Ray offline and quiet (see TOOLCHAIN.md).
 OFFLINE_ENV = {

@@ -53,9 +53,9 @@ from typing import Literal
 
 import tomli_w
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.scenario import Scenario, Tier
 from fededge.cost.profiles import CATALOG, DeviceProfile, load_profile_file
+from fededge.errors import ConfigError, ConfigIssue
 
 #: Node-config keys fededge reads (others, e.g. Flower's ``num-partitions``, are ignored).
 NODE_CONFIG_KEYS = (

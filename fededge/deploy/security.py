@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fededge.config.errors import ConfigError, ConfigIssue
+from fededge.errors import ConfigError, ConfigIssue
 
 #: Names every server certificate covers (a SuperLink reached on this machine).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from fededge.config.errors import ConfigIssue, SettingsError
+from fededge.errors import ConfigIssue, SettingsError
 from fededge.method.emp_kernels import KERNELS, Geometry, KernelPlans, Kernels, conv_geometry
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 class EMPConfigError(SettingsError):
-    """Invalid EMP settings (a :class:`~fededge.config.errors.ConfigError` and a ``ValueError``)."""
+    """Invalid EMP settings (a :class:`~fededge.errors.ConfigError` and a ``ValueError``)."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fededge.config.errors import SettingsError
+from fededge.errors import SettingsError
 from fededge.method.saver_rules import eif_rule_problems
 
 LOW, HIGH = 0, 1

@@ -87,7 +87,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from fededge.config.errors import ConfigIssue, SettingsError
+from fededge.errors import ConfigIssue, SettingsError
 from fededge.method.range_bn import CHUNKS, RangeBatchNorm2d
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ FULL_BITS = 32
 
 
 class QuantConfigError(SettingsError):
-    """Invalid quantization settings (:class:`~fededge.config.errors.ConfigError`, ValueError)."""
+    """Invalid quantization settings (:class:`~fededge.errors.ConfigError`, ValueError)."""
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fededge.config.errors import SettingsError
 from fededge.cost.flops import ModelCost, model_cost
 from fededge.cost.ledger import Ledger
+from fededge.errors import SettingsError
 from fededge.method.auto_ratio import RatioChoice, RatioCosts, choose_ratio
 from fededge.method.batchnorm import (
     batchnorm_modules,

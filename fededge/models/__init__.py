@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 from torch import nn
 
-from fededge.config.errors import ModelError
+from fededge.errors import ModelError
 from fededge.models.layers import BasicBlock, MaxPool2d, ResidualAdd, ZeroPadShortcut
 from fededge.models.nets import (
     _RESNET_NAME,

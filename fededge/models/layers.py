@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fededge.config.errors import ModelError
+from fededge.errors import ModelError
 
 # --------------------------------------------------------------------------- building blocks
 

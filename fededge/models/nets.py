@@ -10,7 +10,7 @@ import re
 import torch
 from torch import nn
 
-from fededge.config.errors import ModelError
+from fededge.errors import ModelError
 from fededge.models.layers import (
     BasicBlock,
     MaxPool2d,

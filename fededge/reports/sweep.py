@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fededge.config.errors import ConfigError, ConfigIssue
 from fededge.config.scenario import Scenario, build_scenario
 from fededge.config.schema import SAVER_SETTINGS
+from fededge.errors import ConfigError, ConfigIssue
 from fededge.files import atomic_write_text
 from fededge.reports.fleet_report import FleetReport
 
