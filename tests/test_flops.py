@@ -371,7 +371,7 @@ def test_vgg16_forward_matches_flop_counter() -> None:
     ("main", "filt", "channels", "size"),
     [("lenet5", "slim-lenet", 1, 28), ("resnet20", "resnet8", 3, 32), ("vgg16", "resnet8", 3, 32)],
 )
-def test_priced_costs_are_the_real_nets_costs_and_draw_no_random_numbers(
+def test_priced_costs_are_the_real_nets_costs_and_leave_the_generator_as_it_was(
     main: str, filt: str, channels: int, size: int
 ) -> None:
     from fededge.cost.pricing import net_costs
@@ -381,7 +381,7 @@ def test_priced_costs_are_the_real_nets_costs_and_draw_no_random_numbers(
     torch.manual_seed(0)
     before = torch.get_rng_state()
     priced = net_costs(main, filt, channels=channels, image_size=size, num_classes=10)
-    assert torch.equal(torch.get_rng_state(), before)  # the meta nets drew nothing
+    assert torch.equal(torch.get_rng_state(), before)  # pricing changed nothing a run sees
     real_main = build_model(main, num_classes=10, in_channels=channels, image_size=size)
     real_filter = build_filter(filt, in_channels=channels, image_size=size)
     shape = (channels, size, size)

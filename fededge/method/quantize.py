@@ -79,7 +79,6 @@ keeps its exact MAC counts unchanged and adds the low-bit MACs by product and
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -88,6 +87,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from fededge.errors import ConfigIssue, SettingsError
+from fededge.method.fake_quant import (
+    FakeQuant,
+    quantize_max_abs,
+    quantize_min_max,
+    round_stochastic,
+)
 from fededge.method.range_bn import CHUNKS, RangeBatchNorm2d
 
 if TYPE_CHECKING:
@@ -208,96 +213,6 @@ class QuantConfig:
 def mac_cost_32eq(a_bits: int, b_bits: int) -> float:
     """Cost of one a-bit x b-bit MAC in 32x32-bit MACs: ``a·b / 32²`` (8x8: 1/16)."""
     return a_bits * b_bits / FULL_BITS**2
-
-
-# --------------------------------------------------------------------------- quantizers
-
-
-def round_stochastic(v: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``floor(v + u)``, ``u ~ U[0, 1)``: ``floor(v)`` or ``ceil(v)``, expectation ``v``."""
-    noise = torch.rand(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-    return torch.floor(v + noise)
-
-
-def _reduce(x: Tensor, dim: int | None, fn: Callable[..., Tensor]) -> Tensor:
-    """``fn`` over all of x (dim None) or over every dimension but ``dim`` (kept, size 1)."""
-    if dim is None:
-        return fn(x)
-    dims = [d for d in range(x.dim()) if d != dim % x.dim()]
-    return fn(x, dim=dims, keepdim=True)
-
-
-def _round(v: Tensor, stochastic: bool, generator: torch.Generator | None) -> Tensor:
-    return round_stochastic(v, generator) if stochastic else torch.round(v)
-
-
-def quantize_max_abs(
-    x: Tensor,
-    bits: int,
-    *,
-    dim: int | None = None,
-    stochastic: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Symmetric quantize-dequantize: ``Δ·clamp(round(x/Δ), -L, L)``, ``Δ = max|x| / L``.
-
-    Parameters
-    ----------
-    x : Tensor
-        Any shape.
-    bits : int
-        b >= 2; ``L = 2^(b-1) - 1`` levels each side of 0 (127 for 8 bits).
-    dim : int, optional
-        One range per slice along ``dim`` (e.g. 0: per output channel of W).
-    stochastic : bool
-        Stochastic rounding (:func:`round_stochastic`) instead of round to nearest.
-    generator : torch.Generator, optional
-        Source of the stochastic rounding's noise (on x's device).
-
-    Returns
-    -------
-    Tensor
-        Same shape and dtype as x, on the grid ``Δ·{-L, ..., L}``.
-    """
-    levels = 2 ** (bits - 1) - 1
-    step = _reduce(x.abs(), dim, torch.amax) / levels
-    step = torch.where(step > 0, step, torch.ones_like(step))  # all-zero slice: x/1 = 0
-    return torch.clamp(_round(x / step, stochastic, generator), -levels, levels) * step
-
-
-def quantize_min_max(
-    x: Tensor,
-    bits: int,
-    *,
-    dim: int | None = None,
-    stochastic: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Asymmetric quantize-dequantize: ``lo + Δ·round((x - lo)/Δ)``, ``Δ = (hi - lo)/(2^b - 1)``.
-
-    ``lo`` and ``hi`` are the minimum and maximum of x (per slice along ``dim``);
-    both are exact after quantization. Parameters as in :func:`quantize_max_abs`.
-    """
-    levels = 2**bits - 1
-    lo = _reduce(x, dim, torch.amin)
-    step = (_reduce(x, dim, torch.amax) - lo) / levels
-    step = torch.where(step > 0, step, torch.ones_like(step))  # constant slice: unchanged
-    return lo + torch.clamp(_round((x - lo) / step, stochastic, generator), 0, levels) * step
-
-
-class _FakeQuant(torch.autograd.Function):
-    """``y = fn(x)`` forward; identity backward (the straight-through estimator)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
-
-
-# --------------------------------------------------------------------------- model quantizer
 
 
 @dataclass(frozen=True)
@@ -423,13 +338,13 @@ class ModelQuantizer:
         x, *rest = inputs
         if cfg.activation_bits < FULL_BITS:
             bits = cfg.activation_bits
-            x = _FakeQuant.apply(x, lambda t: quantize_min_max(t, bits))
+            x = FakeQuant.apply(x, lambda t: quantize_min_max(t, bits))
         if cfg.weight_bits < FULL_BITS:
             bits, dim = cfg.weight_bits, (0 if cfg.weight_per_channel else None)
             master = module._parameters["weight"]
             assert master is not None
             self._masters[module] = master
-            quantized = _FakeQuant.apply(master, lambda t: quantize_max_abs(t, bits, dim=dim))
+            quantized = FakeQuant.apply(master, lambda t: quantize_max_abs(t, bits, dim=dim))
             module._parameters["weight"] = cast(nn.Parameter, quantized)  # for this call only
         return (x, *rest)
 
