@@ -29,7 +29,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fededge.config.scenario import parse_scenario
-from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.device_rows import device_row
+from fededge.reports.fleet_report import FleetReport
 from server.checkpoint import save_checkpoint
 
 SCENARIO = """

@@ -37,7 +37,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fededge.config.scenario import Scenario
-from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.device_rows import device_row
+from fededge.reports.fleet_report import FleetReport
 from fededge.wire import array_numpy
 from server.aggregation import aggregate, all_finite, update_norm
 from server.replies import Checked, ReplyChecker, device_id, device_names

@@ -13,7 +13,8 @@ from flwr.app import Array, ArrayRecord
 from clients import state as device_state
 from fededge.cli.main import main
 from fededge.config.scenario import parse_scenario
-from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.device_rows import device_row
+from fededge.reports.fleet_report import FleetReport
 from fededge.reports.tables import typed
 from server.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 

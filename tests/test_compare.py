@@ -26,7 +26,8 @@ from fededge.reports.compare import (
     variant_table,
 )
 from fededge.reports.compare_page import render_compare
-from fededge.reports.fleet_report import FleetReport, device_row
+from fededge.reports.device_rows import device_row
+from fededge.reports.fleet_report import FleetReport
 from fededge.reports.pages import ratio_by_tier_and_round, render_run
 from fededge.reports.sweep import (
     DONE,

@@ -46,6 +46,7 @@ from fededge.reports.pages import (
     html_page,
     paragraph,
     render_run,
+    shown,
 )
 from fededge.reports.sweep import (
     SweepManifest,
@@ -79,8 +80,8 @@ def _time_or_unreached(value: Any) -> str:
     return "not reached" if pd.isna(value) else fmt_number(value)
 
 
-VARIANT_COLUMNS = (
-    Column("variant", "variant"),
+VARIANT_COLUMNS = shown(
+    "variant",
     Column("seed", "seed", fmt_count),
     Column("status", "status"),
     Column("final_accuracy", "final acc.", fmt_percent),
@@ -88,34 +89,34 @@ VARIANT_COLUMNS = (
     Column("rounds_to_target", "rounds to target", fmt_count),
     Column("time_to_target_s", "sim. s to target", _time_or_unreached),
     Column("spent_macs", "fleet MACs", fmt_si),
-    Column("computation_saved", "saved", fmt_percent),
-    Column("energy_j", "energy (J)", fmt_number),
-    Column("streamed", "streamed", fmt_count),
-    Column("trained", "trained", fmt_count),
-    Column("budget_exhausted", "budget ran out", fmt_count),
-    Column("replies", "replies", fmt_count),
+    "computation_saved",
+    "energy_j",
+    "streamed",
+    "trained",
+    "budget_exhausted",
+    "replies",
     Column("failed_replies", "failed replies", fmt_count),
     Column("skipped_rounds", "skipped rounds", fmt_count),
     Column("sim_time_s", "sim. time (s)", fmt_number),
     Column("wall_s", "wall (s)", fmt_number),
 )
-TIER_COLUMNS = (
-    Column("variant", "variant"),
-    Column("tier", "tier"),
+TIER_COLUMNS = shown(
+    "variant",
+    "tier",
     Column("budget_macs", "budget MACs/round", fmt_si),
-    Column("streamed", "streamed", fmt_count),
-    Column("trained", "trained", fmt_count),
-    Column("unprocessed", "unprocessed", fmt_count),
-    Column("spent_macs", "spent MACs", fmt_si),
-    Column("computation_saved", "saved", fmt_percent),
-    Column("energy_j", "energy (J)", fmt_number),
-    Column("budget_exhausted", "budget ran out", fmt_count),
-    Column("replies", "replies", fmt_count),
+    "streamed",
+    "trained",
+    "unprocessed",
+    "spent_macs",
+    "computation_saved",
+    "energy_j",
+    "budget_exhausted",
+    "replies",
 )
-H2H_COLUMNS = (
-    Column("budget", "budget", fmt_level),
-    Column("savers", "savers"),
-    Column("seeds", "seeds", fmt_count),
+H2H_COLUMNS = shown(
+    "budget",
+    "savers",
+    "seeds",
     Column("sgd_final_accuracy", "plain SGD acc.", fmt_percent),
     Column("savers_final_accuracy", "savers acc.", fmt_percent),
     Column("delta_final_accuracy", "Δ acc.", fmt_points),
@@ -153,10 +154,10 @@ def spread_frame(settings: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-SPREAD_COLUMNS = (
-    Column("budget", "budget", fmt_level),
-    Column("savers", "savers"),
-    Column("seeds", "seeds", fmt_count),
+SPREAD_COLUMNS = shown(
+    "budget",
+    "savers",
+    "seeds",
     Column("final_accuracy", "final acc."),
     Column("best_accuracy", "best acc."),
     Column("time_to_target_s", "sim. s to target"),
@@ -164,10 +165,10 @@ SPREAD_COLUMNS = (
     Column("computation_saved", "saved"),
     Column("spent_macs", "fleet MACs"),
 )
-BUDGET_COLUMNS = (
-    Column("tier", "tier"),
+BUDGET_COLUMNS = shown(
+    "tier",
     Column("profile", "profile"),
-    Column("devices", "devices", fmt_count),
+    "devices",
     Column("budget", "budget per device and round (level 1×)"),
     Column("budget_macs", "in MACs", fmt_si),
 )

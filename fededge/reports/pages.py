@@ -206,34 +206,64 @@ def paragraph(text: str, css_class: str = "") -> str:
     return f"<p{cls}>{html.escape(text)}</p>"
 
 
+# --------------------------------------------------------------------------- columns
+#: How a column shown in more than one table is headed and formatted: once, here.
+SHOWN: dict[str, Column] = {
+    column.key: column
+    for column in (
+        Column("aimed_ratio", "R_set aimed", fmt_number),
+        Column("budget", "budget", fmt_level),
+        Column("budget_exhausted", "budget ran out", fmt_count),
+        Column("budget_used", "budget used", fmt_percent),
+        Column("computation_saved", "saved", fmt_percent),
+        Column("devices", "devices", fmt_count),
+        Column("energy_j", "energy (J)", fmt_number),
+        Column("replies", "replies", fmt_count),
+        Column("savers", "savers"),
+        Column("seeds", "seeds", fmt_count),
+        Column("spent_macs", "spent MACs", fmt_si),
+        Column("streamed", "streamed", fmt_count),
+        Column("tier", "tier"),
+        Column("trained", "trained", fmt_count),
+        Column("unprocessed", "unprocessed", fmt_count),
+        Column("variant", "variant"),
+    )
+}
+
+
+def shown(*columns: str | Column) -> tuple[Column, ...]:
+    """A table's columns: a key takes its :data:`SHOWN` display, a Column is its own."""
+    return tuple(SHOWN[c] if isinstance(c, str) else c for c in columns)
+
+
 # --------------------------------------------------------------------------- one run
-RUN_TIER_COLUMNS = (
-    Column("tier", "tier"),
-    Column("devices", "devices", fmt_count),
-    Column("replies", "replies", fmt_count),
+RUN_TIER_COLUMNS = shown(
+    "tier",
+    "devices",
+    "replies",
     Column("dropped", "dropped", fmt_count),
     Column("arrived", "arrived", fmt_count),
-    Column("streamed", "streamed", fmt_count),
-    Column("trained", "trained", fmt_count),
-    Column("unprocessed", "unprocessed", fmt_count),
-    Column("spent_macs", "spent MACs", fmt_si),
+    "streamed",
+    "trained",
+    "unprocessed",
+    "spent_macs",
     Column("baseline_macs", "baseline MACs", fmt_si),
-    Column("computation_saved", "saved", fmt_percent),
-    Column("energy_j", "energy (J)", fmt_number),
-    Column("budget_exhausted", "budget ran out", fmt_count),
-    Column("aimed_ratio", "R_set aimed", fmt_number),
-    Column("budget_used", "budget used", fmt_percent),
+    "computation_saved",
+    "energy_j",
+    "budget_exhausted",
+    "aimed_ratio",
+    "budget_used",
 )
-RUN_ROUND_COLUMNS = (
+RUN_ROUND_COLUMNS = shown(
     Column("round", "round", fmt_count),
     Column("ok", "ok", fmt_count),
     Column("sampled", "sampled", fmt_count),
-    Column("trained", "trained", fmt_count),
-    Column("budget_exhausted", "budget ran out", fmt_count),
-    Column("spent_macs", "spent MACs", fmt_si),
+    "trained",
+    "budget_exhausted",
+    "spent_macs",
     Column("cum_computation_saved", "saved (cum.)", fmt_percent),
-    Column("aimed_ratio", "R_set aimed", fmt_number),
-    Column("budget_used", "budget used", fmt_percent),
+    "aimed_ratio",
+    "budget_used",
     Column("accuracy", "accuracy", fmt_percent),
     Column("cum_sim_s", "sim. time (s)", fmt_number),
     Column("cum_energy_j", "energy (J, cum.)", fmt_number),
