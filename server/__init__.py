@@ -1,4 +1,5 @@
-"""Flower ServerApp, the fleet strategy and the simulation runner.
+"""The server side on Flower: the ServerApp, the fleet strategy, reply checks and the SuperLink.
 
-Thin adapters over :mod:`fededge` (scenario, fleet runtime, report).
+Thin adapters over :mod:`fededge` (scenario, fleet runtime, report); devices are
+reached only through Flower messages in the format of :mod:`fededge.wire`.
 """
