@@ -428,3 +428,16 @@ def test_a_rule_between_saver_fields_is_a_load_error_naming_the_field() -> None:
     message = str(info.value)
     assert "savers.emp.gamma_weight, gamma_error" in message and "must not both be 0" in message
     assert message.count("must not both be 0") == 1  # once, not once per tier
+
+
+def test_a_loaded_scenario_and_its_tiers_are_frozen() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.toml")
+    with pytest.raises(AttributeError, match="frozen"):
+        scenario.tiers = ()  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen"):
+        scenario.tiers[0].count = 99  # type: ignore[misc]
+    import copy
+    import pickle
+
+    again = pickle.loads(pickle.dumps(scenario))  # what Ray ships to its workers
+    assert again.digest == scenario.digest and copy.deepcopy(scenario).text == scenario.text

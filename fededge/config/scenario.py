@@ -43,8 +43,22 @@ if TYPE_CHECKING:
     from fededge.data import DatasetInfo
 
 # --------------------------------------------------------------------------- scenario
-class Tier:
-    """A validated tier with its resolved profile, budget in MACs and savers."""
+class _Frozen:
+    """Set while it is built, then never again: assigning an attribute raises."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise AttributeError(f"{type(self).__name__} is frozen: {name!r} cannot be set")
+        object.__setattr__(self, name, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
+
+
+class Tier(_Frozen):
+    """A validated tier with its resolved profile, budget in MACs and savers (frozen)."""
 
     def __init__(
         self,
@@ -72,6 +86,7 @@ class Tier:
         self.first_device = first_device
         #: The method's configs of this tier's savers (None: that saver is off).
         self.eif, self.emp, self.quant = derive_savers(savers, where)
+        self._freeze()
 
     @property
     def budget_macs(self) -> float:
@@ -89,8 +104,8 @@ class Tier:
         return f"Tier({self.name!r}, {self.profile.name}, count={self.count})"
 
 
-class Scenario:
-    """A loaded scenario: the validated sections plus derived, resolved values.
+class Scenario(_Frozen):
+    """A loaded scenario: the validated sections plus derived, resolved values (frozen once built).
 
     Attributes mirror the file's sections (``run``, ``data``, ``model``,
     ``train``, ``savers``, ``server``, ``simulation``, ``sweep``); ``tiers``
@@ -202,6 +217,7 @@ def build_scenario(raw: dict[str, Any], source: str) -> Scenario:
     issues = _resolve(scenario, model)
     if issues:
         raise ConfigError(issues, source)
+    scenario._freeze()
     return scenario
 
 
