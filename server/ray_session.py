@@ -1,6 +1,9 @@
-"""The server's Ray session: shut down once at the end, and what a killed run left behind.
+"""The server's Ray session: started, used by Flower's simulation engine, shut down once.
 
-Several simulations can share one Ray session (the variants of a budget sweep,
+:func:`start_ray` starts (or joins) Ray the way Flower's Ray backend would, after
+stopping what a killed run left behind (:func:`reap_orphans`);
+:func:`run_on_engine` runs a ServerApp and a ClientApp on the simulation engine
+in it. Several simulations can share one Ray session (the variants of a budget sweep,
 :func:`server.flower_compat.keep_ray_session`); the caller shuts Ray down at the
 end (:func:`shutdown_ray`). Every simulation in one session uses the first one's
 ``ray.init`` settings (CPUs, temp dir, cluster address).
@@ -12,8 +15,40 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def start_ray(config: dict[str, Any]) -> None:
+    """Start (or join) Ray here, in the main thread, as Flower's Ray backend would.
+
+    Flower starts Ray only when it is not running; starting it first lets the
+    caller take SIGTERM back from Ray's handler (which dumps a stack and aborts).
+    ``config`` is the engine's backend config (``init_args``, ``client_resources``).
+    """
+    import ray
+
+    from server.flower_compat import init_ray
+
+    if ray.is_initialized():
+        return
+    temp_dir = config["init_args"].get("_temp_dir")
+    if temp_dir:  # a local session: first stop what a killed run left behind
+        reap_orphans(temp_dir)
+    init_ray(config)
+
+
+def run_on_engine(server_app: Any, client_app: Any, devices: int, config: dict[str, Any]) -> None:
+    """Run ``server_app`` with ``devices`` simulated SuperNodes of ``client_app`` on the engine."""
+    from flwr.simulation import run_simulation
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=devices,
+        backend_config=config,
+    )
 
 
 def shutdown_ray() -> None:

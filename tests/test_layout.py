@@ -3,7 +3,8 @@
 * ``fededge`` -- the method, costs, configuration, data, reports, deployment
   tools -- imports neither Flower, Ray, ``clients`` nor ``server``; only
   ``fededge.cli`` (the command line and the simulation runner that hosts both
-  Flower apps) may;
+  Flower apps) imports ``clients`` and ``server``, and Flower and Ray only
+  through them;
 * ``clients`` (devices) and ``server`` meet only through Flower messages and
   the wire format in ``fededge.wire``: neither imports the other;
 * Flower's internals are used in ``clients/flower_compat.py`` and
@@ -63,6 +64,15 @@ def test_the_core_imports_neither_flower_ray_clients_nor_server() -> None:
         module: sorted(i for i in _imports(path) if _top(i) in {"flwr", "ray", "clients", "server"})
         for module, path in _modules().items()
         if _top(module) == "fededge" and not module.startswith("fededge.cli")
+    }
+    assert {module: names for module, names in bad.items() if names} == {}
+
+
+def test_flower_and_ray_are_imported_only_in_clients_and_server() -> None:
+    bad = {
+        module: sorted(i for i in _imports(path) if _top(i) in {"flwr", "ray"})
+        for module, path in _modules().items()
+        if _top(module) == "fededge"
     }
     assert {module: names for module, names in bad.items() if names} == {}
 

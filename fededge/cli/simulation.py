@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from fededge.config.scenario import Scenario
 from fededge.reports.fleet_report import FleetReport
@@ -110,12 +109,10 @@ def simulate(
     (:func:`server.ray_session.shutdown_ray`).
     """
     quiet_environment()
-    import ray
-    from flwr.simulation import run_simulation
-
     from clients.app import app as client_app
     from server.app import BoundServerApp
     from server.flower_compat import keep_ray_session, one_scan_dispatch
+    from server.ray_session import run_on_engine, start_ray
 
     stop = threading.Event()
     server = BoundServerApp(scenario, out_dir, resume=resume, on_round=on_round, stop=stop)
@@ -129,15 +126,10 @@ def simulate(
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")
-            _start_ray(config)
+            start_ray(config)
             take_signals_back()  # Ray's core worker installs its own SIGTERM handler
             try:
-                run_simulation(
-                    server_app=server.app,
-                    client_app=client_app,
-                    num_supernodes=scenario.num_devices,
-                    backend_config=config,  # type: ignore[arg-type]
-                )
+                run_on_engine(server.app, client_app, scenario.num_devices, config)
             except RunStopped:
                 if not stop.is_set():  # only a Ctrl-C sets it while the run is on
                     raise
@@ -148,31 +140,11 @@ def simulate(
         raise
     finally:
         stop.set()
-        if not keep_ray and ray.is_initialized():
-            ray.shutdown()
+        if not keep_ray:
+            shutdown_ray()
     if server.report is None:
         raise RuntimeError("the simulation ended without a report (see the log above)")
     return server.report
-
-
-def _start_ray(config: dict[str, Any]) -> None:
-    """Start (or join) Ray here, in the main thread, as Flower's Ray backend would.
-
-    Flower starts Ray only when it is not running; starting it first lets the
-    caller take SIGTERM back from Ray's handler (which dumps a stack and aborts).
-    """
-    import ray
-
-    from server.flower_compat import init_ray
-
-    if ray.is_initialized():
-        return
-    temp_dir = config["init_args"].get("_temp_dir")
-    if temp_dir:  # a local session: first stop what a killed run left behind
-        from server.ray_session import reap_orphans
-
-        reap_orphans(temp_dir)
-    init_ray(config)
 
 
 def _drop(record: logging.LogRecord) -> bool:
