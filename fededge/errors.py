@@ -32,6 +32,10 @@ class ConfigIssue:
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
 
+    def under(self, prefix: str) -> ConfigIssue:
+        """The same issue with its path inside ``prefix`` (``emp.x`` -> ``savers.emp.x``)."""
+        return ConfigIssue(f"{prefix}.{self.path}", self.message)
+
 
 class ConfigError(FedEdgeError):
     """A configuration (scenario file, command-line override) is invalid.

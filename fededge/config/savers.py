@@ -14,6 +14,9 @@ time, never an error in a device's round, and no round builds them again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from fededge.config.schema import SaversSection, TrainSection
 from fededge.errors import ConfigError, ConfigIssue
 from fededge.method.error_map import EMPConfig
@@ -22,6 +25,8 @@ from fededge.method.quantize import QuantConfig
 from fededge.method.training import TrainConfig
 
 __all__ = ["derive_savers", "eif_config", "emp_config", "quant_config", "train_config"]
+
+T = TypeVar("T")
 
 
 def eif_config(savers: SaversSection) -> EIFConfig | None:
@@ -76,17 +81,15 @@ def derive_savers(
         Every rule the section breaks, under ``<where>.<eif|emp|quant>.<field>``.
     """
     issues: list[ConfigIssue] = []
-    derived: list[object] = []
-    for name, derive in (("eif", eif_config), ("emp", emp_config), ("quant", quant_config)):
+
+    def derive(name: str, make: Callable[[SaversSection], T]) -> T | None:
         try:
-            derived.append(derive(savers))
+            return make(savers)
         except ConfigError as exc:
-            issues += [ConfigIssue(f"{where}.{name}.{i.path}", i.message) for i in exc.issues]
-            derived.append(None)
+            issues.extend(issue.under(f"{where}.{name}") for issue in exc.issues)
+            return None
+
+    configs = derive("eif", eif_config), derive("emp", emp_config), derive("quant", quant_config)
     if issues:
         raise ConfigError(issues)
-    eif, emp, quant = derived
-    assert eif is None or isinstance(eif, EIFConfig)
-    assert emp is None or isinstance(emp, EMPConfig)
-    assert quant is None or isinstance(quant, QuantConfig)
-    return eif, emp, quant
+    return configs

@@ -41,6 +41,9 @@ from fededge.errors import ConfigError, ConfigIssue, DataError
 
 if TYPE_CHECKING:
     from fededge.data import DatasetInfo
+    from fededge.method.error_map import EMPConfig
+    from fededge.method.instance_filter import EIFConfig
+    from fededge.method.quantize import QuantConfig
 
 # --------------------------------------------------------------------------- scenario
 class _Frozen:
@@ -57,6 +60,10 @@ class _Frozen:
         object.__setattr__(self, "_frozen", True)
 
 
+#: A tier's EIF, EMP and quantization configs (each None when that saver is off).
+SaverConfigs = tuple["EIFConfig | None", "EMPConfig | None", "QuantConfig | None"]
+
+
 class Tier(_Frozen):
     """A validated tier with its resolved profile, budget in MACs and savers (frozen)."""
 
@@ -67,6 +74,8 @@ class Tier(_Frozen):
         savers: SaversSection,
         arrivals_per_round: int,
         first_device: int,
+        *,
+        configs: SaverConfigs | None = None,
         where: str = "savers",
     ) -> None:
         from fededge.config.savers import derive_savers  # the method's configs (torch)
@@ -84,8 +93,9 @@ class Tier(_Frozen):
         self.attack_scale = section.attack_scale
         self.arrivals_per_round = arrivals_per_round
         self.first_device = first_device
-        #: The method's configs of this tier's savers (None: that saver is off).
-        self.eif, self.emp, self.quant = derive_savers(savers, where)
+        #: The method's configs of this tier's savers (None: that saver is off); given
+        #: when already derived (the scenario's own savers, shared by its tiers).
+        self.eif, self.emp, self.quant = configs or derive_savers(savers, where)
         self._freeze()
 
     @property
@@ -166,7 +176,7 @@ def _train_config(train: TrainSection) -> Any:
     try:
         return train_config(train)
     except ConfigError as exc:
-        raise ConfigError([ConfigIssue(f"train.{i.path}", i.message) for i in exc.issues]) from None
+        raise ConfigError([issue.under("train") for issue in exc.issues]) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -240,6 +250,13 @@ def _resolve(scenario: Scenario, model: ScenarioModel) -> list[ConfigIssue]:
         if problem:
             issues.append(ConfigIssue(path, problem))
 
+    from fededge.config.savers import derive_savers  # the method's configs (torch)
+
+    shared: SaverConfigs | None = None  # the scenario's own savers, derived once
+    try:
+        shared = derive_savers(model.savers)
+    except ConfigError as exc:
+        issues += exc.issues
     tiers: list[Tier] = []
     first = 0
     names: set[str] = set()
@@ -249,14 +266,14 @@ def _resolve(scenario: Scenario, model: ScenarioModel) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"{where}.name", f"duplicate tier name {section.name!r}"))
         names.add(section.name)
         profile = _resolve_profile(section.profile, model, f"{where}.profile", issues)
-        savers = model.savers
+        savers, configs = model.savers, shared
         if section.savers is not None:
             merged = _merge(model.savers.model_dump(), section.savers)
             try:
-                savers = SaversSection.model_validate(merged)
+                savers, configs = SaversSection.model_validate(merged), None
             except ValidationError as exc:
                 issues += issues_from_pydantic(exc, merged, prefix=f"{where}.savers")
-        if profile is not None:
+        if profile is not None and (configs is not None or section.savers is not None):
             try:
                 tier = Tier(
                     section,
@@ -264,10 +281,11 @@ def _resolve(scenario: Scenario, model: ScenarioModel) -> list[ConfigIssue]:
                     savers,
                     section.arrivals_per_round or data.arrivals_per_round,
                     first,
-                    "savers" if section.savers is None else f"{where}.savers",
+                    configs=configs,
+                    where=f"{where}.savers",
                 )
-            except ConfigError as exc:  # the scenario's own savers: reported once
-                issues += [i for i in exc.issues if i not in issues]
+            except ConfigError as exc:
+                issues += exc.issues
             else:
                 tiers.append(tier)
         first += section.count

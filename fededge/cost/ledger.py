@@ -161,7 +161,7 @@ class Ledger:
     @property
     def aimed_ratio(self) -> float:
         """Share of the streamed instances the kept share aimed to train (nan if none)."""
-        return _share(self.aimed_trained, self.streamed)
+        return share(self.aimed_trained, self.streamed)
 
     @property
     def budget_used(self) -> float:
@@ -173,7 +173,7 @@ class Ledger:
     @property
     def mean_loss(self) -> float:
         """Mean training loss of the main net over trained instances (nan if none)."""
-        return _share(self.loss_sum, self.trained)
+        return share(self.loss_sum, self.trained)
 
     # ------------------------------------------------------------ instruments
     #: Derived figures that say why a run went well or badly (see the properties).
@@ -182,17 +182,17 @@ class Ledger:
     @property
     def kept_mean_loss(self) -> float:
         """Mean main-net loss of the instances the filter kept (nan if none)."""
-        return _share(self.selected_loss_sum, self.selected)
+        return share(self.selected_loss_sum, self.selected)
 
     @property
     def dropped_mean_loss(self) -> float:
         """Mean main-net loss of the dropped instances, from the random exploration sample."""
-        return _share(self.explored_loss_sum, self.explored)
+        return share(self.explored_loss_sum, self.explored)
 
     @property
     def filter_precision(self) -> float:
         """Share of kept instances that were truly high-loss (loss >= T_l)."""
-        return _share(self.selected_high, self.selected)
+        return share(self.selected_high, self.selected)
 
     @property
     def filter_recall(self) -> float:
@@ -204,7 +204,7 @@ class Ledger:
         if not self.explored:
             return math.nan
         dropped_high = self.explored_high * self.filtered_out / self.explored
-        return _share(self.selected_high, self.selected_high + dropped_high)
+        return share(self.selected_high, self.selected_high + dropped_high)
 
     # ------------------------------------------------------------- arithmetic
     def __add__(self, other: Ledger) -> Ledger:
@@ -245,6 +245,6 @@ class Ledger:
         return tuple(f.name for f in fields(cls))
 
 
-def _share(part: float, whole: float) -> float:
-    """``part / whole``, nan when ``whole`` is 0."""
+def share(part: float, whole: float) -> float:
+    """``part / whole``, NaN when there is no whole (nothing streamed, no budget)."""
     return part / whole if whole else math.nan

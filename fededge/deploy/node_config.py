@@ -239,8 +239,14 @@ def device_tier(scenario: Scenario, setup: DeviceSetup) -> Tier:
         tier = scenario.tier_of(setup.device_id)
     if setup.profile is None or setup.profile == tier.profile:
         return tier
+    configs = (tier.eif, tier.emp, tier.quant)  # derived when the scenario was loaded
     return Tier(
-        tier.section, setup.profile, tier.savers, tier.arrivals_per_round, tier.first_device
+        tier.section,
+        setup.profile,
+        tier.savers,
+        tier.arrivals_per_round,
+        tier.first_device,
+        configs=configs,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fededge.cost.ledger import Ledger
+from fededge.cost.ledger import Ledger, share
 from fededge.wire import metrics_ledger
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "TierTotals",
     "device_row",
     "ratio_saved",
-    "share",
 ]
 
 STATUSES = ("ok", "dropped", "failed", "rejected")
@@ -190,11 +189,6 @@ class TierTotals:
                 }
             )
         return pd.DataFrame(rows, columns=list(self.COLUMNS))
-
-
-def share(part: float, whole: float) -> float:
-    """``part / whole``; NaN when there is no whole (nothing streamed, no budget)."""
-    return part / whole if whole > 0 else math.nan
 
 
 def ratio_saved(spent: float, baseline: float) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from fededge.cost.ledger import MAC_FIELDS, Ledger
+from fededge.cost.ledger import MAC_FIELDS, Ledger, share
 from fededge.files import atomic_write_text
 from fededge.reports.columns import as_json as columns_json
 from fededge.reports.device_rows import (
@@ -37,7 +37,6 @@ from fededge.reports.device_rows import (
     STATUSES,
     TierTotals,
     ratio_saved,
-    share,
 )
 from fededge.reports.tables import AppendedTable, atomic_write_frame
 
