@@ -102,7 +102,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
         tokens = ["none"] if smb_of else arm.split("+")
         eif_fields = {**SUITE_EIF[args.suite], **args.eif}
         eif = EIFConfig(target_ratio=args.target_ratio, **eif_fields) if "eif" in tokens else None
-        emp = EMPConfig(keep_ratio=args.keep_ratio) if "emp" in tokens else None
+        emp = EMPConfig(keep_ratio=args.keep_ratio, **args.emp) if "emp" in tokens else None
         quant = QuantConfig(**args.q) if "q" in tokens else None
         common = dict(
             savers="none" if smb_of else arm,
@@ -113,6 +113,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
             threads=args.threads,
             eval_points=args.eval_points,
             device=args.device,
+            filter_model=args.filter,
             progress=lambda text: print(f"  {text}", flush=True),
         )
         if args.suite == "lenet":
@@ -213,7 +214,7 @@ def breakdown_table(results: list[SingleResult]) -> str:
 def parse_fields(
     parser: argparse.ArgumentParser,
     flag: str,
-    cls: type[EIFConfig] | type[QuantConfig],
+    cls: type[EIFConfig] | type[EMPConfig] | type[QuantConfig],
     items: list[str],
     reserved: tuple[str, ...] = (),
 ) -> dict[str, object]:
@@ -258,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
     parser.add_argument("--target-ratio", type=float, default=0.2, help="EIF R_set")
+    parser.add_argument(
+        "--filter",
+        default=None,
+        help="EIF filter net (default: the suite's, slim-lenet / resnet8)",
+    )
     parser.add_argument("--keep-ratio", type=float, default=0.5, help="EMP alpha")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -276,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="FIELD=VALUE",
         help="set an EIFConfig field for the EIF arms, e.g. keep_rule=argmax (repeatable)",
+    )
+    parser.add_argument(
+        "--emp",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set an EMPConfig field for the EMP arms, e.g. select=sample (repeatable)",
     )
     parser.add_argument(
         "--q",
@@ -298,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"--smb {','.join(missing)}: name saver arms that run (--arms)")
     args.eif = parse_fields(parser, "--eif", EIFConfig, args.eif, reserved=("target_ratio",))
+    args.emp = parse_fields(parser, "--emp", EMPConfig, args.emp, reserved=("keep_ratio",))
     args.q = parse_fields(parser, "--q", QuantConfig, args.q)
     started = time.time()
     results = run_suite(args)

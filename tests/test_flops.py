@@ -369,7 +369,12 @@ def test_vgg16_forward_matches_flop_counter() -> None:
 
 @pytest.mark.parametrize(
     ("main", "filt", "channels", "size"),
-    [("lenet5", "slim-lenet", 1, 28), ("resnet20", "resnet8", 3, 32), ("vgg16", "resnet8", 3, 32)],
+    [
+        ("lenet5", "slim-lenet", 1, 28),
+        ("resnet20", "resnet8", 3, 32),
+        ("resnet20", "slim-resnet8", 3, 32),
+        ("vgg16", "resnet8", 3, 32),
+    ],
 )
 def test_priced_costs_are_the_real_nets_costs_and_leave_the_generator_as_it_was(
     main: str, filt: str, channels: int, size: int

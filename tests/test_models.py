@@ -27,6 +27,7 @@ from fededge.models import (
     lenet5,
     resnet8_filter,
     slim_lenet_filter,
+    slim_resnet8_filter,
     vgg16,
 )
 
@@ -135,6 +136,33 @@ def test_resnet8_filter_is_three_single_block_stages() -> None:
     assert [c.out_channels for c in convs if isinstance(c, nn.Conv2d)] == [16, 32, 64]
     assert net.fc.out_features == 2
     assert _params(net) == 74_770
+
+
+def test_slim_resnet8_filter_halves_the_width_and_strides_its_first_conv() -> None:
+    net = slim_resnet8_filter()
+    assert [len(stage) for stage in (net.layer1, net.layer2, net.layer3)] == [1, 1, 1]
+    assert net.conv1.stride == (2, 2)
+    convs = [net.get_submodule(f"layer{i}.0.conv1") for i in (1, 2, 3)]
+    assert [c.out_channels for c in convs if isinstance(c, nn.Conv2d)] == [8, 16, 32]
+    assert net.fc.out_features == 2
+    # conv1 3·8·9 = 216, BN 16; layer1 2·(8·8·9) + 2 BN·16 = 1,184; layer2 8·16·9 + 16·16·9
+    # + 2·32 = 3,520; layer3 16·32·9 + 32·32·9 + 2·64 = 13,952; fc 32·2 + 2 = 66
+    assert _params(net) == 216 + 16 + 1_184 + 3_520 + 13_952 + 66 == 18_954
+
+
+def test_slim_resnet8_filter_costs_a_sixteenth_of_resnet8() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def forward_macs(net: nn.Module) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.randn(1, 3, 32, 32))
+        return counter.get_total_flops() // 2
+
+    slim, full = forward_macs(slim_resnet8_filter()), forward_macs(resnet8_filter())
+    # half the channels (1/4 of the MACs) on maps of a quarter of the area: 1/16 of
+    # every conv; the fc and the first conv's 3 input channels round it a little
+    assert slim == 792_640
+    assert 15.0 < full / slim < 16.0
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet8", "resnet74", "resnet110", "resnet1202"])

@@ -14,6 +14,8 @@ drop" (L) and ``HIGH_LOSS`` (1) means "high loss, train" (H):
 
 - ``slim-lenet`` — a slim LeNet (3x3 kernels, {6, 16} filters) for 28x28 inputs.
 - ``resnet8`` — ResNet-8 (3x3 conv 16, three stages {16, 32, 64} of one block each).
+- ``slim-resnet8`` — ResNet-8 at half the width with a stride-2 first conv (1/16 of
+  its MACs), for main nets small enough that ResNet-8's bill outweighs what it saves.
 
 Every operation that costs MACs is a module (the residual addition is ``ResidualAdd``),
 so :mod:`fededge.cost.flops` can count it with forward hooks. The building blocks
@@ -42,6 +44,7 @@ from fededge.models.nets import (
     lenet5,
     resnet8_filter,
     slim_lenet_filter,
+    slim_resnet8_filter,
     vgg16,
 )
 
@@ -66,6 +69,7 @@ __all__ = [
     "lenet5",
     "resnet8_filter",
     "slim_lenet_filter",
+    "slim_resnet8_filter",
     "vgg16",
 ]
 
@@ -88,9 +92,8 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 """Main-network names. Any ``resnetN`` with N = 6n+2 is accepted, not only those listed."""
 
-FILTER_NAMES: tuple[str, ...] = ("slim-lenet", "resnet8")
+FILTER_NAMES: tuple[str, ...] = ("slim-lenet", "resnet8", "slim-resnet8")
 """Filter-network names accepted by :func:`build_filter`."""
-
 
 
 def _suggest(name: str, candidates: tuple[str, ...]) -> str:
@@ -144,7 +147,9 @@ def check_filter_name(name: str) -> str | None:
 
 
 _MODELS_FOR_SIZE: Mapping[int, str] = MappingProxyType({28: "lenet5", 32: "resnetN or vgg16"})
-_FILTERS_FOR_SIZE: Mapping[int, str] = MappingProxyType({28: "slim-lenet", 32: "resnet8"})
+_FILTERS_FOR_SIZE: Mapping[int, str] = MappingProxyType(
+    {28: "slim-lenet", 32: "resnet8 or slim-resnet8"}
+)
 
 
 def _check_image_size(name: str, expected: int, image_size: int, fits: Mapping[int, str]) -> None:
@@ -207,7 +212,7 @@ def build_filter(name: str, *, in_channels: int, image_size: int) -> nn.Module:
     Parameters
     ----------
     name : str
-        ``"slim-lenet"`` (28x28) or ``"resnet8"`` (32x32).
+        ``"slim-lenet"`` (28x28), ``"resnet8"`` or ``"slim-resnet8"`` (32x32).
     in_channels, image_size : int
         The input images' channels and height (= width), as for :func:`build_model`.
 
@@ -228,4 +233,6 @@ def build_filter(name: str, *, in_channels: int, image_size: int) -> nn.Module:
         _check_image_size(name, 28, image_size, _FILTERS_FOR_SIZE)
         return slim_lenet_filter(in_channels)
     _check_image_size(name, 32, image_size, _FILTERS_FOR_SIZE)
+    if name == "slim-resnet8":
+        return slim_resnet8_filter(in_channels)
     return resnet8_filter(in_channels)
