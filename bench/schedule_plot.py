@@ -28,26 +28,31 @@ from reproduce import BATCH  # this script's folder is on sys.path when run as a
 
 
 def load(paths: list[Path], arm: str) -> list[dict[str, float]]:
-    """One row per file: iterations, and the accuracy and saving of each arm found."""
-    rows = []
+    """One row per schedule length: the accuracy and saving of each arm found.
+
+    Files of the same length (e.g. SGD run on its own) fill the same row.
+    """
+    rows: dict[int, dict[str, float]] = {}
     for path in paths:
         data = json.loads(path.read_text())
         batch = BATCH[data["suite"]]
-        row: dict[str, float] = {}
+        found: dict[str, float] = {}
+        length = None
         for result in data["results"]:
             name = result["name"].rsplit("/", 1)[1]
             if name == "none":
-                row["iterations"] = math.ceil(result["streamed"] / batch)
-                row["sgd"] = result["accuracy"]
+                length = math.ceil(result["streamed"] / batch)
+                found["sgd"] = result["accuracy"]
             elif name == arm:
-                row["iterations"] = math.ceil(result["streamed"] / batch)
-                row["saver"] = result["accuracy"]
-                row["saved"] = result["computation_saved"]
+                length = math.ceil(result["streamed"] / batch)
+                found["saver"] = result["accuracy"]
+                found["saved"] = result["computation_saved"]
             elif name == f"smb:{arm}":
-                row["smb"] = result["accuracy"]
-                row["smb_steps"] = result["steps"]
-        rows.append(row)
-    return sorted(rows, key=lambda r: r.get("iterations", 0))
+                found["smb"] = result["accuracy"]
+                found["smb_steps"] = result["steps"]
+        if length is not None:
+            rows.setdefault(length, {"iterations": length}).update(found)
+    return [rows[length] for length in sorted(rows)]
 
 
 def table(rows: list[dict[str, float]], arm: str) -> str:
@@ -57,13 +62,16 @@ def table(rows: list[dict[str, float]], arm: str) -> str:
         f"| {arm} − SMB | {arm} − SGD |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+    def pct(value: float, sign: str = "", unit: str = "%") -> str:  # "–": an arm not run
+        return "–" if math.isnan(value) else f"{100 * value:{sign}.2f}{unit}"
+
     for r in rows:
         sgd, saver, smb = r.get("sgd", nan), r.get("saver", nan), r.get("smb", nan)
         lines.append(
-            f"| {r.get('iterations', nan):,.0f} | {100 * sgd:.2f}% "
-            f"| {100 * saver:.2f}% ({100 * r.get('saved', nan):.1f}%) "
-            f"| {100 * smb:.2f}% ({r.get('smb_steps', nan):,.0f}) "
-            f"| {100 * (saver - smb):+.2f} pt | {100 * (saver - sgd):+.2f} pt |"
+            f"| {r.get('iterations', nan):,.0f} | {pct(sgd)} "
+            f"| {pct(saver)} ({100 * r.get('saved', nan):.1f}%) "
+            f"| {pct(smb)} ({r.get('smb_steps', nan):,.0f}) "
+            f"| {pct(saver - smb, '+', ' pt')} | {pct(saver - sgd, '+', ' pt')} |"
         )
     return "\n".join(lines)
 
@@ -90,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=label)
         ax.set_xscale("log")
+        lengths = [r["iterations"] for r in rows]
+        ax.set_xticks(lengths, [f"{n:,.0f}" for n in lengths])
+        ax.minorticks_off()
         ax.set_xlabel("streamed mini-batches (schedule length)")
         ax.set_ylabel("test accuracy (%)")
         ax.legend()
