@@ -357,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     args.eif = parse_fields(parser, "--eif", EIFConfig, args.eif, reserved=("target_ratio",))
     args.emp = parse_fields(parser, "--emp", EMPConfig, args.emp, reserved=("keep_ratio",))
     args.q = parse_fields(parser, "--q", QuantConfig, args.q)
+    fits = {"lenet": ("slim-lenet",), "cifar": ("resnet8", "slim-resnet8")}[args.suite]
+    if args.filter is not None and args.filter not in fits:
+        parser.error(
+            f"--filter {args.filter}: the {args.suite} suite's images take {' or '.join(fits)}"
+        )
     started = time.time()
     results = run_suite(args)
     text = table(args.suite, results)
