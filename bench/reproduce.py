@@ -62,6 +62,7 @@ from fededge.method.error_map import EMPConfig
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.quantize import QuantConfig
 from fededge.method.single import SingleResult, train_single
+from fededge.models import FILTER_NAMES, ModelError, build_filter, default_filter
 
 ARMS = ("none", "eif", "emp", "eif+emp", "eif+emp+q")
 SAVERS = ("eif", "emp", "q")  # an arm is "none" or a "+"-joined subset of these
@@ -92,6 +93,10 @@ SUITE_EIF: dict[str, dict[str, object]] = {
 SUITE_RATIOS: dict[str, tuple[float, float]] = {"lenet": (0.2, 0.5), "cifar": (0.4, 0.8)}
 
 
+#: Dataset and (channels, image size) of each suite.
+SUITE_DATA = {"lenet": ("mnist", 1, 28), "cifar": ("cifar10", 3, 32)}
+
+
 def suite_filter(suite: str, depth: int) -> str:
     """The filter net of a suite: the paper's, unless it costs over 5% of the main net's step.
 
@@ -99,9 +104,9 @@ def suite_filter(suite: str, depth: int) -> str:
     (97M forward MACs: 4.2% of its training step per instance; ResNet-110: 1.6%), the
     slim ResNet-8 (0.79M) for shallower nets (ResNet-8 is 10% of ResNet-20's step).
     """
-    if suite == "lenet":
-        return "slim-lenet"
-    return "resnet8" if depth >= 44 else "slim-resnet8"
+    if suite == "cifar" and depth < 44:
+        return "slim-resnet8"
+    return default_filter(SUITE_DATA[suite][0])
 
 
 #: Mini-batch size of each suite's schedule (docs/method.md §5).
@@ -128,13 +133,8 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
         smb_of = arm.removeprefix("smb:") if arm.startswith("smb:") else None
         tokens = ["none"] if smb_of else arm.split("+")
         eif_fields = {**SUITE_EIF[args.suite], **args.eif}
-        target_ratio, keep_ratio = SUITE_RATIOS[args.suite]
-        if args.target_ratio is not None:
-            target_ratio = args.target_ratio
-        if args.keep_ratio is not None:
-            keep_ratio = args.keep_ratio
-        eif = EIFConfig(target_ratio=target_ratio, **eif_fields) if "eif" in tokens else None
-        emp = EMPConfig(keep_ratio=keep_ratio, **args.emp) if "emp" in tokens else None
+        eif = EIFConfig(target_ratio=args.target_ratio, **eif_fields) if "eif" in tokens else None
+        emp = EMPConfig(keep_ratio=args.keep_ratio, **args.emp) if "emp" in tokens else None
         quant = QuantConfig(**args.q) if "q" in tokens else None
         common = dict(
             savers="none" if smb_of else arm,
@@ -145,12 +145,12 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
             threads=args.threads,
             eval_points=args.eval_points,
             device=args.device,
-            filter_model=args.filter or suite_filter(args.suite, args.depth),
+            filter_model=args.filter,
             progress=lambda text: print(f"  {text}", flush=True),
         )
         if args.suite == "lenet":
             result = train_single(
-                dataset="mnist",
+                dataset=SUITE_DATA["lenet"][0],
                 data_dir=args.data_dir,
                 model="lenet5",
                 iterations=iterations or 18_700,
@@ -161,7 +161,7 @@ def run_suite(args: argparse.Namespace) -> list[SingleResult]:
             )  # type: ignore[arg-type]
         else:
             result = train_single(
-                dataset="cifar10",
+                dataset=SUITE_DATA["cifar"][0],
                 data_dir=args.data_dir,
                 model=f"resnet{args.depth}",
                 iterations=iterations or 3000,
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--filter",
         default=None,
-        choices=["slim-lenet", "resnet8", "slim-resnet8"],
+        choices=FILTER_NAMES,
         help="EIF filter net (default: slim-lenet; cifar: slim-resnet8 below ResNet-44, "
         "the paper's resnet8 from there on)",
     )
@@ -357,11 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     args.eif = parse_fields(parser, "--eif", EIFConfig, args.eif, reserved=("target_ratio",))
     args.emp = parse_fields(parser, "--emp", EMPConfig, args.emp, reserved=("keep_ratio",))
     args.q = parse_fields(parser, "--q", QuantConfig, args.q)
-    fits = {"lenet": ("slim-lenet",), "cifar": ("resnet8", "slim-resnet8")}[args.suite]
-    if args.filter is not None and args.filter not in fits:
-        parser.error(
-            f"--filter {args.filter}: the {args.suite} suite's images take {' or '.join(fits)}"
-        )
+    # the suite's defaults, resolved once for every arm
+    target_ratio, keep_ratio = SUITE_RATIOS[args.suite]
+    args.target_ratio = target_ratio if args.target_ratio is None else args.target_ratio
+    args.keep_ratio = keep_ratio if args.keep_ratio is None else args.keep_ratio
+    args.filter = args.filter or suite_filter(args.suite, args.depth)
+    _, channels, size = SUITE_DATA[args.suite]
+    try:  # the registry says whether the filter takes the suite's images
+        build_filter(args.filter, in_channels=channels, image_size=size)
+    except ModelError as err:
+        parser.error(f"--filter {args.filter}: {err}")
     started = time.time()
     results = run_suite(args)
     text = table(args.suite, results)

@@ -62,6 +62,7 @@ def table(rows: list[dict[str, float]], arm: str) -> str:
         f"| {arm} − SMB | {arm} − SGD |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+
     def pct(value: float, sign: str = "", unit: str = "%") -> str:  # "–": an arm not run
         return "–" if math.isnan(value) else f"{100 * value:{sign}.2f}{unit}"
 
