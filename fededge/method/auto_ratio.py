@@ -31,6 +31,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fededge.cost.flops import ModelCost
+from fededge.cost.ledger import Ledger
+from fededge.method.eif_config import EIFConfig
+
 #: Share of the budget planned for: the loop stops a mini-batch early rather
 #: than exceed the budget, so aiming at all of it would drop the last arrivals.
 MARGIN = 0.97
@@ -105,3 +109,61 @@ def choose_ratio(
         ratio = previous + (1.0 - smoothing) * (ratio - previous)
     ratio = min(max(ratio, min_ratio), max_ratio)
     return RatioChoice(ratio=ratio, full=False, affordable=affordable)
+
+
+class RatioPlanner:
+    """A device's memory between runs for ``"auto"``: its last choice and measured costs.
+
+    Before any run the costs are the loop's worst case (a dense step, the
+    sampling caps); after one, what the run measured (module docstring).
+
+    Attributes
+    ----------
+    memory : dict of str to float
+        ``"previous"`` (the last choice), ``"main_step"`` (MACs per trained
+        instance) and ``"sample_share"`` (share of streamed instances sampled
+        forward-only), each once known; kept in the trainer's state.
+    """
+
+    def __init__(self) -> None:
+        self.memory: dict[str, float] = {}
+
+    def costs(
+        self, config: EIFConfig, filter_cost: ModelCost, main_cost: ModelCost, planned_step: float
+    ) -> RatioCosts:
+        """Per-instance costs: measured in the last run, or ``planned_step`` and the caps."""
+        return RatioCosts(
+            filter_forward=filter_cost.forward_macs,
+            filter_step=filter_cost.training_macs,
+            main_forward=main_cost.forward_macs,
+            main_step=self.memory.get("main_step", planned_step),
+            sample_share=self.memory.get(
+                "sample_share", min(1.0, config.explore_ratio + config.max_sample_ratio)
+            ),
+        )
+
+    def choose(
+        self, config: EIFConfig, budget_macs: float, arrivals: int, costs: RatioCosts
+    ) -> RatioChoice:
+        """The choice for a run (:func:`choose_ratio`), not yet remembered."""
+        return choose_ratio(
+            budget_macs,
+            arrivals,
+            costs,
+            min_ratio=config.min_ratio,
+            max_ratio=config.max_ratio,
+            previous=self.memory.get("previous"),
+            smoothing=config.ratio_smoothing,
+        )
+
+    def remember(self, choice: RatioChoice) -> None:
+        """Keep the choice a run made (the next choice's ``previous``)."""
+        self.memory["previous"] = choice.ratio
+
+    def measure(self, ledger: Ledger, filter_streamed: int) -> None:
+        """Keep a run's per-instance costs for the next run's choice."""
+        if ledger.trained:
+            main = ledger.main_forward_macs + ledger.main_backward_macs + ledger.selection_macs
+            self.memory["main_step"] = main / ledger.trained
+        if filter_streamed:
+            self.memory["sample_share"] = ledger.uncertainty_sampled / filter_streamed

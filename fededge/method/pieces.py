@@ -1,15 +1,20 @@
-"""Where the training loop's wall time goes: its pieces, and the clock that keeps them apart.
+"""The training loop's instruments: where its wall time goes, and which classes it trains.
 
 The loop (:class:`~fededge.method.training.LocalTrainer`) laps a
 :class:`PieceClock` after each piece of work; ``bench/reproduce.py`` prints the
 seconds beside each piece's MACs (README, "Seconds, not only MACs").
+:class:`ClassCounts` counts the labels streamed and trained, so a trace can
+show whether the filter favours some classes.
 """
 
 from __future__ import annotations
 
 import time
 
-__all__ = ["PIECES", "PieceClock"]
+import torch
+from torch import Tensor
+
+__all__ = ["PIECES", "ClassCounts", "PieceClock"]
 
 PIECES: tuple[str, ...] = (
     "fetch",
@@ -55,3 +60,36 @@ class PieceClock:
         now = time.perf_counter()
         self.seconds[piece] += now - self._mark
         self._mark = now
+
+
+class ClassCounts:
+    """Labels streamed through the filter (or trained in a full phase) and labels trained.
+
+    Off unless ``enabled``: a label count per step (and its copy off an
+    accelerator) that only a researcher's trace reads.
+
+    Attributes
+    ----------
+    counts : dict of str to Tensor
+        ``"streamed"`` and ``"trained"``: int64 counts per class, as long as the
+        largest label seen so far (+1).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.counts = {
+            "streamed": torch.zeros(0, dtype=torch.long),
+            "trained": torch.zeros(0, dtype=torch.long),
+        }
+
+    def add(self, kind: str, y: Tensor) -> None:
+        """Count the labels ``y`` under ``kind`` (``"streamed"`` or ``"trained"``)."""
+        if not self.enabled:
+            return
+        seen = self.counts[kind]
+        counts = torch.bincount(y.cpu(), minlength=len(seen))
+        if len(counts) > len(seen):
+            grown = torch.zeros(len(counts), dtype=torch.long)
+            grown[: len(seen)] = seen
+            self.counts[kind] = seen = grown
+        seen[: len(counts)] += counts

@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,76 +35,16 @@ from torch import Tensor, nn
 
 from fededge.cost.flops import ModelCost, model_cost
 from fededge.cost.ledger import Ledger
-from fededge.errors import SettingsError
-from fededge.method.auto_ratio import RatioChoice, RatioCosts, choose_ratio
-from fededge.method.batchnorm import (
-    batchnorm_modules,
-    frozen_batchnorm_stats,
-    running_batchnorm_stats,
-)
+from fededge.method.auto_ratio import RatioChoice, RatioCosts, RatioPlanner
 from fededge.method.error_map import EMPConfig, ErrorMapPruner, KernelPlans, Kernels
+from fededge.method.filter_stage import FilterStage
 from fededge.method.instance_filter import EIFConfig, FilterDecision, InstanceFilter
-from fededge.method.pieces import PieceClock
-from fededge.method.quantize import LowBitMacs, ModelQuantizer, QuantConfig
+from fededge.method.pieces import ClassCounts, PieceClock
+from fededge.method.quantize import ModelQuantizer, QuantConfig
+from fededge.method.step_costs import charge_step, planned_step_macs, step_bound
+from fededge.method.train_config import BatchSource, TrainConfig, TrainResult, loss_divisor
 
-
-class BatchSource(Protocol):
-    """What the loop needs from a dataset: a vectorised, seeded batch accessor."""
-
-    def batch(
-        self, indices: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The images and labels of ``indices``, augmented with ``generator``'s draws."""
-        ...
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimizer and batching of the main net.
-
-    Parameters
-    ----------
-    batch_size : instances per main-net mini-batch (and per streamed mini-batch).
-    lr, momentum, weight_decay, nesterov : SGD hyper-parameters.
-    """
-
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.5
-    weight_decay: float = 0.0
-    nesterov: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if not self.lr > 0.0:
-            problems.append(f"lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0.0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.nesterov and self.momentum == 0.0:
-            problems.append("nesterov needs momentum > 0")
-        if problems:
-            raise SettingsError.from_problems("TrainConfig", problems)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A run's ledger and the arrivals it left unprocessed (budget ran out)."""
-
-    ledger: Ledger
-    leftover: Tensor  # (k,) int64 dataset indices, in arrival order
-
-
-def _loss_divisor(rule: str, kept: int, streamed: int) -> float:
-    """What a step's summed loss over ``kept`` instances is divided by (``loss_norm``)."""
-    if rule == "kept":
-        return float(kept)
-    if rule == "streamed":
-        return float(streamed)
-    return math.sqrt(kept * streamed)
+__all__ = ["BatchSource", "LocalTrainer", "TrainConfig", "TrainResult"]
 
 
 class LocalTrainer:
@@ -164,61 +104,56 @@ class LocalTrainer:
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
         )
-        self.filter: InstanceFilter | None = None
-        self.filter_cost: ModelCost | None = None
-        if filter_net is not None and eif is not None:
-            self.filter = InstanceFilter(filter_net, eif)
-            self.filter_cost = filter_cost or model_cost(filter_net, input_shape)
-        # how the forward-only pass of sampled instances normalises (EIF's sample_bn),
-        # and over which modules: found once, not on every streamed mini-batch
-        self._batchnorms = batchnorm_modules(model)
-        self._sampled_statistics = (
-            frozen_batchnorm_stats
-            if eif is not None and eif.sample_bn == "batch"
-            else running_batchnorm_stats
-        )
         self.pruner = (
             ErrorMapPruner(model, emp, kernels=emp_kernels, plans=emp_plans)
             if emp is not None
             else None
         )
-        self.quantizer: ModelQuantizer | None = None
-        self.filter_quantizer: ModelQuantizer | None = None
-        if quant is not None:
-            self.quantizer = ModelQuantizer(model, quant, seed=seed)
-            if filter_net is not None and quant.include_filter:
+        self.quantizer = ModelQuantizer(model, quant, seed=seed) if quant is not None else None
+        #: wall seconds of the loop's pieces over the trainer's lifetime (:data:`PIECES`)
+        self.clock = PieceClock()
+        self.stage: FilterStage | None = None
+        if filter_net is not None and eif is not None:
+            filter_quantizer = None
+            if quant is not None and quant.include_filter:
                 whole = replace(quant, exempt=())  # exempt names main-net layers
-                self.filter_quantizer = ModelQuantizer(filter_net, whole, seed=seed + 1)
-        # Per-instance MACs with quantized operands (zero without quantization).
-        self._main_lowbit = (
-            self.quantizer.lowbit_macs(self.main_cost) if self.quantizer else LowBitMacs()
-        )
-        self._filter_lowbit = (
-            self.filter_quantizer.lowbit_macs(self.filter_cost)
-            if self.filter_quantizer and self.filter_cost
-            else LowBitMacs()
-        )
+                filter_quantizer = ModelQuantizer(filter_net, whole, seed=seed + 1)
+            self.stage = FilterStage(
+                filter_net,
+                eif,
+                filter_cost or model_cost(filter_net, input_shape),
+                model,
+                self.main_cost,
+                self.clock,
+                quantizer=filter_quantizer,
+                main_quantizer=self.quantizer,
+            )
         self.generator = torch.Generator().manual_seed(seed)
         self.queue = torch.empty(0, dtype=torch.long)
         self.position = 0  # instances streamed over the trainer's lifetime
         self._streamed_since_step = 0
         self._progress: Callable[[int], float] | None = None
         # target_ratio = "auto": this run trains everything (the budget pays for it),
-        # last run's choice, and the per-instance costs it measured
+        # and what the device remembers between runs to choose R_set
         self._round_full = False
-        self._auto: dict[str, float] = {}
-        self._filter_streamed = 0
-        # labels of the instances streamed through the filter (or trained in a full
-        # phase) and of those trained: does the filter favour some classes? Off by
-        # default: a label count per step (and its copy off an accelerator) that
-        # only a researcher's trace reads.
-        self.count_classes = count_classes
-        #: wall seconds of the loop's pieces over the trainer's lifetime (:data:`PIECES`)
-        self.clock = PieceClock()
-        self.class_counts = {
-            "streamed": torch.zeros(0, dtype=torch.long),
-            "trained": torch.zeros(0, dtype=torch.long),
-        }
+        self.planner = RatioPlanner()
+        #: labels streamed and trained (``count_classes``): does the filter favour some?
+        self.classes = ClassCounts(count_classes)
+
+    @property
+    def filter(self) -> InstanceFilter | None:
+        """The early instance filter (None without EIF)."""
+        return self.stage.filter if self.stage is not None else None
+
+    @property
+    def filter_cost(self) -> ModelCost | None:
+        """The filter net's per-instance cost (None without EIF)."""
+        return self.stage.cost if self.stage is not None else None
+
+    @property
+    def class_counts(self) -> dict[str, Tensor]:
+        """Labels streamed and trained so far, per class (:class:`ClassCounts`)."""
+        return self.classes.counts
 
     def set_lr(self, lr: float) -> None:
         """Set the main net's learning rate."""
@@ -229,10 +164,12 @@ class LocalTrainer:
         if self.pruner is not None:
             self.pruner.remove()
             self.pruner = None
-        for quantizer in (self.quantizer, self.filter_quantizer):
+        for quantizer in (self.quantizer, self.stage.quantizer if self.stage else None):
             if quantizer is not None:
                 quantizer.remove()
-        self.quantizer = self.filter_quantizer = None
+        self.quantizer = None
+        if self.stage is not None:
+            self.stage.quantizer = self.stage.main_quantizer = None
 
     # ------------------------------------------------------------------ costs
     @property
@@ -242,20 +179,7 @@ class LocalTrainer:
 
     def _main_step_bound(self, n: int) -> int:
         """Upper bound on the MACs of training ``n`` instances (before EMP's choice)."""
-        bound = n * self.dense_step_macs
-        if self.pruner is not None:
-            bound += self.pruner.selection_macs_bound(n, self.main_cost)
-        return bound
-
-    def _filter_step_macs(self, n: int) -> int:
-        assert self.filter_cost is not None
-        return n * self.filter_cost.training_macs
-
-    @staticmethod
-    def _charge_lowbit(ledger: Ledger, quantizer: ModelQuantizer | None, macs: LowBitMacs) -> None:
-        """Record low-bit MACs (and their 32-bit-equivalent saving) when quantizing."""
-        if quantizer is not None:
-            quantizer.charge(ledger, macs)
+        return step_bound(self.main_cost, n, self.pruner)
 
     # ------------------------------------------------------------------- run
     def run(
@@ -297,7 +221,8 @@ class LocalTrainer:
         self._progress = progress
         ledger = Ledger(arrived=len(indices), budget_macs=budget_macs)
         self._round_full = False
-        self._filter_streamed = 0
+        if self.stage is not None:
+            self.stage.streamed = 0
         if self.filter is not None and self.filter.config.auto:
             self._apply_choice(self.choose_ratio(budget_macs, len(indices)))
         m = self.config.batch_size
@@ -327,14 +252,14 @@ class LocalTrainer:
                     denominator=self._denominator(len(batch), full=full),
                     selected=not full,
                 )
-                if self.filter is not None:
-                    self._train_filter(ledger, budget_macs, force=True)
+                if self.stage is not None:
+                    self.stage.train(ledger, budget_macs, force=True)
             else:
                 stopped = True
         if flush:
             self.queue = self.queue[:0]
-        if self.filter is not None and self.filter.config.auto:
-            self._measure_costs(ledger)
+        if self.stage is not None and self.stage.config.auto:
+            self.planner.measure(ledger, self.stage.streamed)
         clock.lap("bookkeeping")
         leftover = indices[cursor:]
         ledger.unprocessed = len(leftover)
@@ -350,57 +275,24 @@ class LocalTrainer:
         step, the caps).
         """
         assert self.filter is not None and self.filter_cost is not None
-        cfg = self.filter.config
-        return RatioCosts(
-            filter_forward=self.filter_cost.forward_macs,
-            filter_step=self.filter_cost.training_macs,
-            main_forward=self.main_cost.forward_macs,
-            main_step=self._auto.get("main_step", self._planned_step_macs()),
-            sample_share=self._auto.get(
-                "sample_share", min(1.0, cfg.explore_ratio + cfg.max_sample_ratio)
-            ),
+        return self.planner.costs(
+            self.filter.config,
+            self.filter_cost,
+            self.main_cost,
+            planned_step_macs(self.main_cost, self.config.batch_size, self.pruner),
         )
 
     def choose_ratio(self, budget_macs: float, arrivals: int) -> RatioChoice:
         """The R_set a run of ``arrivals`` instances under ``budget_macs`` would use."""
         assert self.filter is not None
-        cfg = self.filter.config
-        return choose_ratio(
-            budget_macs,
-            arrivals,
-            self.ratio_costs(),
-            min_ratio=cfg.min_ratio,
-            max_ratio=cfg.max_ratio,
-            previous=self._auto.get("previous"),
-            smoothing=cfg.ratio_smoothing,
-        )
+        return self.planner.choose(self.filter.config, budget_macs, arrivals, self.ratio_costs())
 
     def _apply_choice(self, choice: RatioChoice) -> None:
         assert self.filter is not None
         self._round_full = choice.full
         if not choice.full:
             self.filter.target_ratio = choice.ratio
-        self._auto["previous"] = choice.ratio
-
-    def _planned_step_macs(self) -> float:
-        """Per-instance MACs of a main-net step on a mini-batch of ``batch_size``.
-
-        EMP's fixed channel counts included.
-        """
-        m = self.config.batch_size
-        if self.pruner is None:
-            return float(self.dense_step_macs)
-        step = self.pruner.planned_step_cost(self.main_cost, m)
-        total = m * self.main_cost.forward_macs + step.grad_input_macs + step.grad_weight_macs
-        return (total + step.selection_macs) / m
-
-    def _measure_costs(self, ledger: Ledger) -> None:
-        """Keep this run's per-instance costs for the next run's choice."""
-        if ledger.trained:
-            main = ledger.main_forward_macs + ledger.main_backward_macs + ledger.selection_macs
-            self._auto["main_step"] = main / ledger.trained
-        if self._filter_streamed:
-            self._auto["sample_share"] = ledger.uncertainty_sampled / self._filter_streamed
+        self.planner.remember(choice)
 
     def _in_full_phase(self) -> bool:
         """Whether every instance is trained now.
@@ -429,7 +321,8 @@ class LocalTrainer:
         clock.lap("bookkeeping")  # the loop between batches: schedules, progress
         m = len(idx)
         step = self._main_step_bound(self.config.batch_size)
-        if self.filter is None or self._in_full_phase():
+        stage = self.stage
+        if stage is None or self._in_full_phase():
             # plain SGD, or a full-training phase (the filter learns from every loss)
             if ledger.spent_macs + step > budget:
                 return False
@@ -437,67 +330,38 @@ class LocalTrainer:
             ledger.aimed_trained += m
             self.queue = torch.cat([self.queue, idx])
             going = self._drain_queue(ledger, budget, full=True)
-            if self.filter is not None:
-                self._train_filter(ledger, budget)
-                self.filter.end_batch(m)
+            if stage is not None:
+                stage.train(ledger, budget)
+                stage.filter.end_batch(m)
             clock.lap("bookkeeping")
             return going
 
-        assert self.filter_cost is not None
-        cfg = self.filter.config
+        cfg = stage.config
         if cfg.update == "per_batch":  # the step is on this batch's kept instances only
-            step = self._main_step_bound(self._kept_bound(m))
-        if ledger.spent_macs + m * self.filter_cost.forward_macs + step > budget:
+            step = self._main_step_bound(stage.kept_bound(m))
+        if ledger.spent_macs + stage.forward_macs(m) + step > budget:
             return False
         self._account_streamed(idx, ledger)
-        self._filter_streamed += m
-        ledger.aimed_trained += self.filter.target_ratio * m
+        ledger.aimed_trained += stage.filter.target_ratio * m
         clock.lap("bookkeeping")
         x, y = self._fetch(idx)
         clock.lap("fetch")
-        self._count_classes("streamed", y)
-        decision = self.filter.decide(x, self.generator)
-        ledger.filter_forward_macs += m * self.filter_cost.forward_macs
-        lowbit = self._filter_lowbit.forward_only().times(m)
-        self._charge_lowbit(ledger, self.filter_quantizer, lowbit)
+        self.classes.add("streamed", y)
+        decision = stage.decide(x, self.generator, ledger)
         clock.lap("filter_decide")
-        keep = decision.keep
-        sample = decision.sample
-        ledger.filtered_out += int((~keep).sum())
-        n_sample = int(sample.sum())
-        sample_macs = n_sample * self.main_cost.forward_macs
-        if n_sample and ledger.spent_macs + sample_macs + step <= budget:
-            if not self.model.training:
-                self.model.train()
-            with torch.no_grad(), self._sampled_statistics(self._batchnorms):
-                losses = F.cross_entropy(self.model(x[sample]), y[sample], reduction="none")
-            explored = decision.explored[sample]
-            self.filter.observe(x[sample], losses, predicted_high=False, explored=explored)
-            ledger.uncertainty_sampled += n_sample
-            ledger.sampled_forward_macs += sample_macs
-            lowbit = self._main_lowbit.forward_only().times(n_sample)
-            self._charge_lowbit(ledger, self.quantizer, lowbit)
-            explored_losses = losses[explored]
-            ledger.explored += len(explored_losses)
-            ledger.explored_high += int((explored_losses >= self.filter.threshold).sum())
-            ledger.explored_loss_sum += float(explored_losses.sum())
+        sample_macs = int(decision.sample.sum()) * self.main_cost.forward_macs
+        if sample_macs and ledger.spent_macs + sample_macs + step <= budget:
+            stage.label_sampled(x, y, decision, ledger)
             clock.lap("sampled_forward")
         if cfg.update == "queued":
-            self.queue = torch.cat([self.queue, idx[keep.cpu()]])
+            self.queue = torch.cat([self.queue, idx[decision.keep.cpu()]])
             going = self._drain_queue(ledger, budget, full=False)
         else:
             going = self._train_kept(idx, x, y, decision, ledger, budget)
-        self._train_filter(ledger, budget)
-        self.filter.end_batch(m)
+        stage.train(ledger, budget)
+        stage.filter.end_batch(m)
         clock.lap("bookkeeping")
         return going
-
-    def _kept_bound(self, m: int) -> int:
-        """The most instances the filter keeps of a streamed batch of ``m``."""
-        assert self.filter is not None
-        if math.isnan(self.filter.threshold) or self.filter.config.keep_rule in ("argmax", "rank"):
-            return m  # the first batch is kept whole; these rules can keep any number
-        return min(m, math.ceil(self.filter.target_ratio * m))
 
     def _train_kept(
         self,
@@ -521,7 +385,7 @@ class LocalTrainer:
         if cfg.rescale and decision.prob_keep is not None:
             # 1/p, with p floored at R_set: a rarely kept easy instance does not dominate
             weights = 1.0 / decision.prob_keep[keep].clamp(min=self.filter.target_ratio)
-        denominator = _loss_divisor(cfg.loss_norm, n, len(idx))
+        denominator = loss_divisor(cfg.loss_norm, n, len(idx))
         self._train_main(
             idx[keep.cpu()],
             ledger,
@@ -531,22 +395,6 @@ class LocalTrainer:
             selected=True,
         )
         return True
-
-    def _train_filter(self, ledger: Ledger, budget: float, *, force: bool = False) -> None:
-        """Train the filter on its waiting labels when it is ready (and the budget allows)."""
-        assert self.filter is not None
-        if not (self.filter.ready or (force and self.filter.pending)):
-            return
-        macs = self._filter_step_macs(self.filter.pending)
-        if ledger.spent_macs + macs > budget:
-            self.filter.discard_pending()
-            return
-        self.clock.lap("bookkeeping")
-        trained = self.filter.train_pending()
-        self.clock.lap("filter_train")
-        ledger.filter_train_macs += self._filter_step_macs(trained)
-        ledger.filter_steps += 1
-        self._charge_lowbit(ledger, self.filter_quantizer, self._filter_lowbit.times(trained))
 
     def _account_streamed(self, idx: Tensor, ledger: Ledger) -> None:
         ledger.streamed += len(idx)
@@ -575,17 +423,7 @@ class LocalTrainer:
         """Divisor of a step's summed loss over ``n`` instances."""
         if full or self.filter is None:
             return float(n)
-        return _loss_divisor(self.filter.config.loss_norm, n, max(n, self._streamed_since_step))
-
-    def _count_classes(self, kind: str, y: Tensor) -> None:
-        if not self.count_classes:
-            return
-        counts = torch.bincount(y.cpu(), minlength=len(self.class_counts[kind]))
-        if len(counts) > len(self.class_counts[kind]):
-            grown = torch.zeros(len(counts), dtype=torch.long)
-            grown[: len(self.class_counts[kind])] = self.class_counts[kind]
-            self.class_counts[kind] = grown
-        self.class_counts[kind][: len(counts)] += counts
+        return loss_divisor(self.filter.config.loss_norm, n, max(n, self._streamed_since_step))
 
     def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.data.batch(idx, self.generator)
@@ -628,33 +466,14 @@ class LocalTrainer:
         self.optimizer.step()
         clock.lap("optimizer")
         self._streamed_since_step = 0
-        cost = self.main_cost
-        ledger.main_forward_macs += n * cost.forward_macs
-        if self.pruner is None:
-            gi, gw = n * cost.grad_input_macs, n * cost.grad_weight_macs
-        else:
-            step = self.pruner.pop_step_cost(cost, n)
-            gi, gw = step.grad_input_macs, step.grad_weight_macs
-            ledger.selection_macs += step.selection_macs
-        ledger.main_grad_input_macs += gi
-        ledger.main_grad_weight_macs += gw
-        if self.quantizer is not None:
-            lowbit = self.quantizer.step_lowbit_macs(cost, n, gi, gw, self.pruner)
-            self.quantizer.charge(ledger, lowbit)
-        ledger.trained += n
-        ledger.steps += 1
+        charge_step(ledger, self.main_cost, n, self.pruner, self.quantizer)
         loss_sum = float(losses.detach().sum())
         ledger.loss_sum += loss_sum
-        self._count_classes("trained", y)
-        if self.filter is not None:
-            high = self.filter.observe(x, losses, predicted_high=True)
-            if selected:
-                ledger.selected += n
-                ledger.selected_high += high
-                ledger.selected_loss_sum += loss_sum
-            else:
-                ledger.full_trained += n
-                self._count_classes("streamed", y)
+        self.classes.add("trained", y)
+        if self.stage is not None:
+            self.stage.observe_trained(x, losses, ledger, selected=selected, loss_sum=loss_sum)
+            if not selected:
+                self.classes.add("streamed", y)
 
     @staticmethod
     def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -670,8 +489,8 @@ class LocalTrainer:
             "streamed_since_step": self._streamed_since_step,
             "generator": self.generator.get_state(),
         }
-        if self._auto:
-            state["auto"] = dict(self._auto)
+        if self.planner.memory:
+            state["auto"] = dict(self.planner.memory)
         if self.filter is not None:
             state["filter"] = self.filter.state_dict()
         return state
@@ -682,6 +501,6 @@ class LocalTrainer:
         self.position = int(state["position"])
         self._streamed_since_step = int(state.get("streamed_since_step", 0))
         self.generator.set_state(state["generator"])
-        self._auto = {k: float(v) for k, v in state.get("auto", {}).items()}
+        self.planner.memory = {k: float(v) for k, v in state.get("auto", {}).items()}
         if self.filter is not None and "filter" in state:
             self.filter.load_state_dict(state["filter"])
