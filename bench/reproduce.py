@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from fededge.method.error_map import EMPConfig
+from fededge.method.emp_config import EMPConfig
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.quantize import QuantConfig
 from fededge.method.single import SingleResult, train_single

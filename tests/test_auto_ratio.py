@@ -18,7 +18,7 @@ from fededge.method.error_map import EMPConfig, ErrorMapPruner
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model
-from fededge.reports.sweep import Variant, variant_raw
+from fededge.reports.sweep_plan import Variant, variant_raw
 
 SHAPE = (1, 28, 28)
 #: only the main step costs: a budget that pays for k steps keeps k / arrivals

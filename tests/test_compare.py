@@ -32,14 +32,13 @@ from fededge.reports.pages import ratio_by_tier_and_round, render_run
 from fededge.reports.sweep import (
     DONE,
     MANIFEST,
-    SweepPlan,
-    plan_sweep,
     read_manifest,
     run_sweep,
     variant_state,
     write_done,
     write_manifest,
 )
+from fededge.reports.sweep_plan import SweepPlan, plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

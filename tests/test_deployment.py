@@ -303,7 +303,7 @@ def test_tls_is_the_default_and_insecure_must_be_asked_for(tmp_path: Path) -> No
 def test_insecure_mode_prints_a_warning_and_records_the_connection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fededge.cli.deploy as cli_deploy
+    import fededge.cli.deploy_commands as cli_deploy
     from fededge.cli.main import main
 
     calls: list[tuple[list[str], dict[str, str]]] = []

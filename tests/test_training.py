@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fededge.cost.flops import model_cost
-from fededge.method.error_map import EMPConfig
+from fededge.method.emp_config import EMPConfig
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.training import LocalTrainer, TrainConfig
 from fededge.models import build_filter, build_model

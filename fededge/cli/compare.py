@@ -77,7 +77,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``fededge compare``: plan, run (skipping finished variants) and render a sweep."""
     from fededge.config.scenario import load_scenario
     from fededge.reports.compare_page import render_compare
-    from fededge.reports.sweep import plan_sweep, variant_state
+    from fededge.reports.sweep import variant_state
+    from fededge.reports.sweep_plan import plan_sweep
 
     scenario = load_scenario(args.scenario, resource_overrides(args))
     budgets = parse_levels(args.budgets) if args.budgets else None

@@ -25,7 +25,8 @@ from types import FrameType
 
 from fededge.config.scenario import Scenario
 from fededge.reports.fleet_report import FleetReport
-from fededge.reports.sweep import PlannedVariant, SweepOutcome, SweepPlan, run_sweep
+from fededge.reports.sweep import SweepOutcome, run_sweep
+from fededge.reports.sweep_plan import PlannedVariant, SweepPlan
 from server.ray_session import shutdown_ray
 from server.strategy import RoundOutcome, RunStopped
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from fededge.config.schema import SaversSection, TrainSection
 from fededge.errors import ConfigError, ConfigIssue
-from fededge.method.error_map import EMPConfig
+from fededge.method.emp_config import EMPConfig
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.quantize import QuantConfig
 from fededge.method.training import TrainConfig

@@ -41,7 +41,7 @@ from fededge.errors import ConfigError, ConfigIssue, DataError
 
 if TYPE_CHECKING:
     from fededge.data import DatasetInfo
-    from fededge.method.error_map import EMPConfig
+    from fededge.method.emp_config import EMPConfig
     from fededge.method.instance_filter import EIFConfig
     from fededge.method.quantize import QuantConfig
 

@@ -16,7 +16,7 @@ import torch
 
 from fededge.cost.ledger import Ledger
 from fededge.data import load_dataset
-from fededge.method.error_map import EMPConfig
+from fededge.method.emp_config import EMPConfig
 from fededge.method.evaluation import evaluate
 from fededge.method.instance_filter import EIFConfig
 from fededge.method.pieces import PIECES

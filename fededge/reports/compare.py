@@ -41,11 +41,8 @@ from fededge.reports.pages import (
     read_rounds,
     read_tiers,
 )
-from fededge.reports.sweep import (
-    SweepManifest,
-    VariantEntry,
-    variant_state,
-)
+from fededge.reports.sweep import variant_state
+from fededge.reports.sweep_plan import SweepManifest, VariantEntry
 
 
 # --------------------------------------------------------------------------- results

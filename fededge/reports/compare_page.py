@@ -48,11 +48,8 @@ from fededge.reports.pages import (
     render_run,
     shown,
 )
-from fededge.reports.sweep import (
-    SweepManifest,
-    read_manifest,
-    write_manifest,
-)
+from fededge.reports.sweep import read_manifest, write_manifest
+from fededge.reports.sweep_plan import SweepManifest
 from fededge.reports.tables import atomic_write_frame
 
 PLOTS = (
