@@ -236,3 +236,30 @@ def test_sampled_losses_use_the_batch_norm_statistics_asked_for(sample_bn: str) 
         assert int(net.bn1.num_batches_tracked) == ledger.steps
     else:
         assert not any(checked)
+
+
+def test_oracle_control_keeps_the_main_nets_top_losses_and_pays_for_its_forward() -> None:
+    # Prepare: R_set 0.5 on batches of 20; the first batch is kept whole (T_l unknown)
+    trainer = _eif_trainer(keep_rule="oracle")
+    trainer.run(torch.arange(20))
+    data = Synthetic()
+    x, y = data.batch(torch.arange(20, 40))
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(trainer.model(x), y, reduction="none")
+    expected = set(torch.topk(losses, 10).indices.tolist())
+    trained: list[Tensor] = []
+    train_main = trainer._train_main
+
+    def recording(idx: Tensor, *args: object, **kwargs: object) -> None:
+        trained.append(idx.clone())
+        train_main(idx, *args, **kwargs)  # type: ignore[arg-type]
+
+    trainer._train_main = recording  # type: ignore[method-assign]
+    # Execute: one streamed batch
+    ledger = trainer.run(torch.arange(20, 40)).ledger
+    # Assert: the 10 highest losses of the main net (eval-free: LeNet has no batch norm)
+    assert {int(i) - 20 for i in trained[0]} == expected
+    # the forward pass over all 20 is charged, beside the explored labels' own forwards
+    forwards = 20 + ledger.uncertainty_sampled
+    assert ledger.sampled_forward_macs == forwards * trainer.main_cost.forward_macs
+    assert ledger.selected == 10 and ledger.filtered_out == 10

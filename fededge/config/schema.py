@@ -137,7 +137,7 @@ class EIFSection(Section):
     max_sample_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     explore_ratio: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.05
     initial_threshold: PosFloat | None = None
-    keep_rule: Literal["quantile", "argmax", "rank", "random"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank", "random", "oracle"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: PosFloat = 0.03
     lr_final: PosFloat | None = None

@@ -19,7 +19,7 @@ from fededge.method.saver_rules import eif_rule_problems
 __all__ = ["KEEP_RULES", "EIFConfig"]
 
 #: How an instance is kept (``keep_rule``).
-KEEP_RULES = ("quantile", "argmax", "rank", "random")
+KEEP_RULES = ("quantile", "argmax", "rank", "random", "oracle")
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,10 @@ class EIFConfig:
     initial_threshold : T_l before the first update (> 0); None: the
         ``1 - R_set`` quantile of the first main-net losses observed (every
         instance of the first streamed mini-batch is kept to observe them).
-    keep_rule : ``"quantile"``, ``"argmax"`` (the paper's), ``"rank"`` or
-        ``"random"`` (a control); see the module docstring.
+    keep_rule : ``"quantile"``, ``"argmax"`` (the paper's), ``"rank"``, or a
+        control: ``"random"`` or ``"oracle"`` (the main net's own top-R_set
+        losses, its forward pass over every streamed instance charged); see
+        :mod:`fededge.method.instance_filter`.
     ratio_estimate : ``"stream"`` or ``"paper"``; see the module docstring.
     lr : learning rate of the filter's SGD optimizer.
     lr_final : learning rate reached linearly by the end of the stream (None: constant).
@@ -110,7 +112,7 @@ class EIFConfig:
     max_sample_ratio: float = 0.05
     explore_ratio: float = 0.05
     initial_threshold: float | None = None
-    keep_rule: Literal["quantile", "argmax", "rank", "random"] = "quantile"
+    keep_rule: Literal["quantile", "argmax", "rank", "random", "oracle"] = "quantile"
     ratio_estimate: Literal["stream", "paper"] = "stream"
     lr: float = 0.03
     lr_final: float | None = None

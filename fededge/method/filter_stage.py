@@ -11,6 +11,7 @@ still fits the budget; the stage does it and charges the ledger.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -98,15 +99,41 @@ class FilterStage:
             return m  # the first batch is kept whole; these rules can keep any number
         return min(m, math.ceil(self.filter.target_ratio * m))
 
-    def decide(self, x: Tensor, generator: torch.Generator, ledger: Ledger) -> FilterDecision:
+    def decide(
+        self, x: Tensor, y: Tensor, generator: torch.Generator, ledger: Ledger
+    ) -> FilterDecision:
         """The filter's keep / sample decision on a streamed batch, charged."""
         m = len(x)
         self.streamed += m
         decision = self.filter.decide(x, generator)
         ledger.filter_forward_macs += self.forward_macs(m)
         self._charge(ledger, self.quantizer, self._lowbit.forward_only().times(m))
+        if self.config.keep_rule == "oracle" and not math.isnan(self.filter.threshold):
+            decision = self._oracle(x, y, decision, ledger)
         ledger.filtered_out += int((~decision.keep).sum())
         return decision
+
+    def _oracle(
+        self, x: Tensor, y: Tensor, decision: FilterDecision, ledger: Ledger
+    ) -> FilterDecision:
+        """``keep_rule = "oracle"``: the main net's top-R_set losses, from a forward pass over all.
+
+        A control, not a saver: the forward pass over the whole streamed batch is
+        charged (as sampled forward MACs), so it shows what a perfect filter's
+        choice would buy, not what it would save.
+        """
+        m = len(x)
+        if not self.model.training:
+            self.model.train()
+        with torch.no_grad(), self._statistics(self._batchnorms):
+            losses = F.cross_entropy(self.model(x), y, reduction="none")
+        ledger.sampled_forward_macs += m * self.main_cost.forward_macs
+        self._charge(ledger, self.main_quantizer, self._main_lowbit.forward_only().times(m))
+        k = min(m, math.ceil(self.filter.target_ratio * m))
+        keep = torch.zeros(m, dtype=torch.bool, device=losses.device)
+        keep[torch.topk(losses, k).indices] = True
+        explored = decision.explored & ~keep
+        return replace(decision, keep=keep, sample=explored, explored=explored, prob_keep=None)
 
     def label_sampled(self, x: Tensor, y: Tensor, decision: FilterDecision, ledger: Ledger) -> None:
         """Run the sampled instances forward-only through the main net; their losses label them."""

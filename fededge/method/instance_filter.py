@@ -42,6 +42,10 @@ hold the trained share near R_set with a small filter (README, "EIF rules"):
   easier instances keep a small chance of being trained.
   ``"random"``: a control, not a method: R_set of each mini-batch at random
   (the paper's stochastic mini-batch dropping, SMD), the filter still paid for.
+  ``"oracle"``: a control, not a method: the top R_set of each mini-batch by the
+  main net's own loss, from a forward pass over all of it (charged), applied by
+  :class:`~fededge.method.filter_stage.FilterStage` -- what a perfect filter's
+  choice would buy, not what it would save.
 * ``ratio_estimate = "paper"``: R_TH counts predicted-H and labelled-H
   instances only; with imperfect recall it stays below R_set and T_l falls
   without bound. ``"stream"`` (default) adds the labelled-H instances found by

@@ -347,7 +347,7 @@ class LocalTrainer:
         x, y = self._fetch(idx)
         clock.lap("fetch")
         self.classes.add("streamed", y)
-        decision = stage.decide(x, self.generator, ledger)
+        decision = stage.decide(x, y, self.generator, ledger)
         clock.lap("filter_decide")
         sample_macs = int(decision.sample.sum()) * self.main_cost.forward_macs
         if sample_macs and ledger.spent_macs + sample_macs + step <= budget:
