@@ -24,7 +24,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from fededge.deploy.flower_commands import OFFLINE_ENV
 
@@ -205,12 +204,7 @@ class LoopbackDeployment:
     def __enter__(self) -> LoopbackDeployment:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -343,17 +343,8 @@ def slim_resnet8_filter(in_channels: int = 3) -> CifarResNet:
     forward pass (41M) and 0.6% of its training step per instance, where ResNet-8
     costs 30% and 10% -- the share the paper's ResNet-8 had of ResNet-110 (about
     5% of its training), which a net 5x smaller than ResNet-110 cannot afford.
-    The two logits mean what :func:`slim_lenet_filter`'s do.
-
-    Parameters
-    ----------
-    in_channels : int
-        Channels of the input image.
-
-    Returns
-    -------
-    CifarResNet
-        The filter network, in training mode.
+    The two logits mean what :func:`slim_lenet_filter`'s do; the parameter and
+    the return value are :func:`resnet8_filter`'s.
     """
     _check_positive("in_channels", in_channels)
     return CifarResNet(8, 2, in_channels, widths=(8, 16, 32), stem_stride=2)

@@ -100,6 +100,18 @@ def device_row(
     return row
 
 
+#: The ledger's work counters, summed per tier and shown in this order.
+_WORK = (
+    "arrived",
+    "streamed",
+    "trained",
+    "unprocessed",
+    "budget_exhausted",
+    "spent_macs",
+    "baseline_macs",
+)
+
+
 class TierTotals:
     """Running per-tier totals of device rows (the ``tiers`` table).
 
@@ -113,13 +125,7 @@ class TierTotals:
         "dropped",
         "failed",
         "rejected",
-        "arrived",
-        "streamed",
-        "trained",
-        "unprocessed",
-        "budget_exhausted",
-        "spent_macs",
-        "baseline_macs",
+        *_WORK,
         "computation_saved",
         "aimed_ratio",
         "budget_used",
@@ -128,13 +134,7 @@ class TierTotals:
     )
     #: Summed over a tier's ok rows.
     SUMS = (
-        "arrived",
-        "streamed",
-        "trained",
-        "unprocessed",
-        "budget_exhausted",
-        "spent_macs",
-        "baseline_macs",
+        *_WORK,
         "energy_j",
         "compute_s",
         "aimed_trained",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from types import TracebackType
 from typing import IO, Any
 
 from fededge.cli.common import duration_text
@@ -108,12 +107,7 @@ class Progress:
             self._task = self._bar.add_task(self.what, total=self.total, eta="")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
