@@ -204,12 +204,12 @@ class ModelCost:
     @property
     def backward_macs(self) -> int:
         """Backward pass MACs per instance: grad-input + grad-weight."""
-        return self.grad_input_macs + self.grad_weight_macs
+        return sum(layer.backward_macs for layer in self.layers)
 
     @property
     def training_macs(self) -> int:
         """Forward + backward MACs per instance (the optimizer step is not counted)."""
-        return self.forward_macs + self.backward_macs
+        return sum(layer.training_macs for layer in self.layers)
 
     @property
     def params(self) -> int:
