@@ -223,7 +223,7 @@ class LocalTrainer:
         self._round_full = False
         if self.stage is not None:
             self.stage.streamed = 0
-        if self.filter is not None and self.filter.config.auto:
+        if self.stage is not None and self.stage.config.auto:
             self._apply_choice(self.choose_ratio(budget_macs, len(indices)))
         m = self.config.batch_size
         cursor = 0
@@ -232,8 +232,8 @@ class LocalTrainer:
             idx = indices[cursor : cursor + m]
             if lr_schedule is not None:
                 self._set_lr(self.optimizer, lr_schedule(self.position))
-            if self.filter is not None and filter_lr_schedule is not None:
-                self.filter.set_lr(filter_lr_schedule(self.position))
+            if self.stage is not None and filter_lr_schedule is not None:
+                self.stage.filter.set_lr(filter_lr_schedule(self.position))
             before = ledger.streamed
             going = self._stream_batch(idx, ledger, budget_macs)
             cursor += ledger.streamed - before
@@ -245,7 +245,7 @@ class LocalTrainer:
         if flush and not stopped and len(self.queue):
             if ledger.spent_macs + self._main_step_bound(len(self.queue)) <= budget_macs:
                 batch, self.queue = self.queue, self.queue[:0]
-                full = self.filter is None or self._in_full_phase()
+                full = self.stage is None or self._in_full_phase()
                 self._train_main(
                     batch,
                     ledger,
@@ -274,24 +274,24 @@ class LocalTrainer:
         Measured in the last run, or the loop's worst case before any (a dense
         step, the caps).
         """
-        assert self.filter is not None and self.filter_cost is not None
+        assert self.stage is not None
         return self.planner.costs(
-            self.filter.config,
-            self.filter_cost,
+            self.stage.config,
+            self.stage.cost,
             self.main_cost,
             planned_step_macs(self.main_cost, self.config.batch_size, self.pruner),
         )
 
     def choose_ratio(self, budget_macs: float, arrivals: int) -> RatioChoice:
         """The R_set a run of ``arrivals`` instances under ``budget_macs`` would use."""
-        assert self.filter is not None
-        return self.planner.choose(self.filter.config, budget_macs, arrivals, self.ratio_costs())
+        assert self.stage is not None
+        return self.planner.choose(self.stage.config, budget_macs, arrivals, self.ratio_costs())
 
     def _apply_choice(self, choice: RatioChoice) -> None:
-        assert self.filter is not None
+        assert self.stage is not None
         self._round_full = choice.full
         if not choice.full:
-            self.filter.target_ratio = choice.ratio
+            self.stage.filter.target_ratio = choice.ratio
         self.planner.remember(choice)
 
     def _in_full_phase(self) -> bool:
@@ -300,10 +300,10 @@ class LocalTrainer:
         True inside a full-training phase of EIF (``full_first`` / ``full_last``),
         or in a run whose budget pays for training everything (``"auto"``).
         """
-        assert self.filter is not None
+        assert self.stage is not None
         if self._round_full:
             return True
-        cfg = self.filter.config
+        cfg = self.stage.config
         if not (cfg.full_first or cfg.full_last) or self._progress is None:
             return False
         done = self._progress(self.position)
@@ -373,8 +373,8 @@ class LocalTrainer:
         budget: float,
     ) -> bool:
         """The paper's update: one main-net step on this streamed batch's kept instances."""
-        assert self.filter is not None
-        cfg = self.filter.config
+        assert self.stage is not None
+        cfg = self.stage.config
         keep = decision.keep
         n = int(keep.sum())
         if not n:
@@ -384,7 +384,7 @@ class LocalTrainer:
         weights = None
         if cfg.rescale and decision.prob_keep is not None:
             # 1/p, with p floored at R_set: a rarely kept easy instance does not dominate
-            weights = 1.0 / decision.prob_keep[keep].clamp(min=self.filter.target_ratio)
+            weights = 1.0 / decision.prob_keep[keep].clamp(min=self.stage.filter.target_ratio)
         denominator = loss_divisor(cfg.loss_norm, n, len(idx))
         self._train_main(
             idx[keep.cpu()],
@@ -421,9 +421,9 @@ class LocalTrainer:
 
     def _denominator(self, n: int, *, full: bool) -> float:
         """Divisor of a step's summed loss over ``n`` instances."""
-        if full or self.filter is None:
+        if full or self.stage is None:
             return float(n)
-        return loss_divisor(self.filter.config.loss_norm, n, max(n, self._streamed_since_step))
+        return loss_divisor(self.stage.config.loss_norm, n, max(n, self._streamed_since_step))
 
     def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.data.batch(idx, self.generator)
@@ -491,8 +491,8 @@ class LocalTrainer:
         }
         if self.planner.memory:
             state["auto"] = dict(self.planner.memory)
-        if self.filter is not None:
-            state["filter"] = self.filter.state_dict()
+        if self.stage is not None:
+            state["filter"] = self.stage.filter.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -502,5 +502,5 @@ class LocalTrainer:
         self._streamed_since_step = int(state.get("streamed_since_step", 0))
         self.generator.set_state(state["generator"])
         self.planner.memory = {k: float(v) for k, v in state.get("auto", {}).items()}
-        if self.filter is not None and "filter" in state:
-            self.filter.load_state_dict(state["filter"])
+        if self.stage is not None and "filter" in state:
+            self.stage.filter.load_state_dict(state["filter"])
